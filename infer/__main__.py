@@ -1,0 +1,4 @@
+from infer.cli import main
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,46 @@
+"""Facts shared by the trainer, the exporter and the inference engine.
+
+This module imports nothing heavy: it is read by `mnist-infer --help`.
+"""
+
+TOOL_NAME = "mnist-toolkit"
+TOOL_VERSION = "0.1.0"
+
+LABELS = tuple(str(d) for d in range(10))
+NUM_CLASSES = len(LABELS)
+
+# MNIST layout: white ink on black, 28x28, the digit fitted in a 20x20 box centred by mass.
+IMAGE_SIZE = 28
+DIGIT_BOX = 20
+PIXEL_SCALE = 255.0  # uint8 pixel / PIXEL_SCALE -> model input in [0, 1]
+
+# Tensor names of the ONNX contract.
+INPUT_NAME = "pixels"  # float32 [N, 1, 28, 28], values in [0, 1], white ink on black
+LOGITS_NAME = "logits"  # float32 [N, 10]
+PROBS_NAME = "probs"  # float32 [N, 10], softmax of logits
+OUTPUT_NAMES = (LOGITS_NAME, PROBS_NAME)
+
+# Checkpoint (trainer -> exporter) format.
+CHECKPOINT_FORMAT = "mnist-toolkit.checkpoint"
+CHECKPOINT_VERSION = 1
+
+# ONNX metadata_props keys (exporter -> infer).
+META_FORMAT = "mnist.format"
+META_FORMAT_VALUE = "mnist-toolkit.onnx/1"
+META_LABELS = "mnist.labels"  # JSON list of label strings, index = class id
+META_INPUT = "mnist.input"  # JSON object: shape, dtype, scale, ink, centring
+META_SOURCE_SHA256 = "mnist.source_sha256"
+META_SOURCE_TEST_ACCURACY = "mnist.source_test_accuracy"
+META_MODEL_CONFIG = "mnist.model_config"
+META_RECIPE = "mnist.recipe"
+META_VERIFICATION = "mnist.verification"  # JSON: the verification report's summary
+META_OPSET = "mnist.opset"
+META_VERSIONS = "mnist.versions"  # JSON: torch, onnx, onnxruntime, tool
+
+INPUT_LAYOUT = {
+    "shape": ["N", 1, IMAGE_SIZE, IMAGE_SIZE],
+    "dtype": "float32",
+    "scale": "[0, 1] (uint8 / 255)",
+    "ink": "white-on-black",
+    "centring": "digit fitted in a 20x20 box keeping aspect ratio, centred by centre of mass in 28x28",
+}
