@@ -5,7 +5,6 @@ import hashlib
 import os
 import pickle
 import re
-import zipfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -111,7 +110,7 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
         found = re.search(r"Unsupported global: GLOBAL (\S+)|Unsupported operand \S+", str(exc))
         what = found.group(1) or found.group(0) if found else "not plain data"
         raise CheckpointError(f"{path}: refused to load: it would run code on load ({what}); a checkpoint must be data only") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as exc:
+    except Exception as exc:  # torch.load raises many types on garbage: RuntimeError, EOFError, IndexError, ...
         raise CheckpointError(f"{path}: not a readable PyTorch checkpoint (truncated or corrupt?): {type(exc).__name__}") from None
     if not isinstance(data, dict) or data.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{path}: not an mnist-toolkit checkpoint (a bare state_dict or another tool's file?)")

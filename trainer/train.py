@@ -22,7 +22,6 @@ from trainer.model import MLP, ModelConfig, build_model, normalise
 from trainer.recipes import Recipe
 
 MNIST_MEAN, MNIST_STD = 0.1307, 0.3081  # training-set pixel statistics in [0,1]
-SHIFT_BLOCK = 32
 
 _ACT_INPLACE = {"sigmoid": torch.sigmoid_, "tanh": torch.tanh_, "relu": torch.relu_}
 
@@ -174,17 +173,35 @@ def schedule_at(recipe: Recipe, step: int, total: int) -> tuple[float, float | N
     return _cos(peak, end, frac), _cos(0.85, 0.95, frac)
 
 
-def _shift_batch(x: torch.Tensor, out: torch.Tensor, dy: int, dx: int, background: float) -> torch.Tensor:
-    """Translate a batch [n, 784] of images by (dy, dx) pixels into `out`, filling with the background."""
-    n, s = x.shape[0], IMAGE_SIZE
-    src, dst = x.view(n, s, s), out[:n].view(n, s, s)
-    if not (dy or dx):
-        return dst.copy_(src)
-    dst.fill_(background)
-    dst[:, max(dy, 0) : s + min(dy, 0), max(dx, 0) : s + min(dx, 0)] = src[
-        :, max(-dy, 0) : s - max(dy, 0), max(-dx, 0) : s - max(dx, 0)
-    ]
-    return out[:n]
+class ShiftedGather:
+    """Gathers a batch in which every image is translated by a random (dy, dx), |dy|, |dx| <= shift.
+
+    Images are stored once, padded with the background value. A batch is gathered whole, then cut
+    into one run per translation and copied out through a strided window: batch positions are
+    already a random permutation, so a per-batch shuffle of which run gets which translation gives
+    each image an independent, uniformly drawn shift, at a dozen ops per batch.
+    """
+
+    def __init__(self, images: torch.Tensor, shift: int, background: float, seed: int, max_batch: int):
+        s, side = IMAGE_SIZE, IMAGE_SIZE + 2 * shift
+        n = len(images)
+        self.padded = torch.full((n, side, side), background, device=images.device)
+        self.padded[:, shift : shift + s, shift : shift + s] = images.view(n, s, s)
+        self.padded = self.padded.view(n, side * side)
+        self.moves = [(dy, dx) for dy in range(2 * shift + 1) for dx in range(2 * shift + 1)]
+        self.side, self.rng = side, random.Random(seed)
+        self.rows = torch.empty(max_batch, side * side, device=images.device)
+        self.out = torch.empty(max_batch, s * s, device=images.device)
+
+    def gather(self, idx: torch.Tensor) -> torch.Tensor:
+        m, s, side = len(idx), IMAGE_SIZE, self.side
+        rows = torch.index_select(self.padded, 0, idx, out=self.rows[:m]).view(m, side, side)
+        out = self.out[:m].view(m, s, s)
+        self.rng.shuffle(self.moves)
+        bounds = [round(i * m / len(self.moves)) for i in range(len(self.moves) + 1)]
+        for (dy, dx), a, b in zip(self.moves, bounds[:-1], bounds[1:]):
+            out[a:b] = rows[a:b, dy : dy + s, dx : dx + s]
+        return self.out[:m]
 
 
 @torch.no_grad()
@@ -212,7 +229,6 @@ def train(
     """Train the configured network on MNIST; evaluate on the test set once, at the end."""
     recipe, device = config.recipe, config.device
     torch.manual_seed(config.seed)
-    rng = random.Random(config.seed)
     gen = torch.Generator(device="cpu").manual_seed(config.seed)
 
     mean, std = (MNIST_MEAN, MNIST_STD) if recipe.normalise else (0.0, 1.0)
@@ -230,7 +246,7 @@ def train(
     opt = FlatOptimizer(recipe, flat.theta, flat.grad)
     bs, n = recipe.batch_size, len(x_train)
     xbuf = torch.empty(bs, x_train.shape[1], device=device)
-    shifted = torch.empty_like(xbuf) if recipe.shift else None
+    shifter = ShiftedGather(x_train, recipe.shift, background, config.seed, bs) if recipe.shift else None
     ybuf = torch.empty(bs, onehot.shape[1], device=device)
     total_steps = recipe.epochs * math.ceil(n / bs)
     step = 0
@@ -245,14 +261,11 @@ def train(
         for start in range(0, n, bs):
             idx = perm[start : start + bs]
             m = idx.shape[0]
-            x = torch.index_select(x_train, 0, idx, out=xbuf[:m])
+            if shifter is not None:
+                x = shifter.gather(idx)
+            else:
+                x = torch.index_select(x_train, 0, idx, out=xbuf[:m])
             y = torch.index_select(onehot, 0, idx, out=ybuf[:m])
-            if shifted is not None:
-                # One random translation per block of 32 images: nearly per-image variety at a few ops a batch.
-                for c in range(0, m, SHIFT_BLOCK):
-                    dy, dx = rng.randint(-recipe.shift, recipe.shift), rng.randint(-recipe.shift, recipe.shift)
-                    _shift_batch(x[c : c + SHIFT_BLOCK], shifted[c : c + SHIFT_BLOCK], dy, dx, background)
-                x = shifted[:m]
             loss_total.sub_(flat.step(x, y))
             lr, beta1 = schedule_at(recipe, step, total_steps)
             opt.step(lr, beta1)

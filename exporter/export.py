@@ -1,0 +1,327 @@
+"""Checkpoint -> self-contained, reproducible model.onnx, and the proof that ONNX Runtime agrees with PyTorch."""
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from infer import contract as C
+from infer.atomic import atomic_path
+from infer.engine import make_session
+from infer.preprocess import to_model_input
+from trainer.checkpoint import Checkpoint, load_checkpoint
+
+EDGE_SEED = 1234
+BATCH_SIZES = (1, 7, 1000)
+
+
+class VerificationError(Exception):
+    """ONNX Runtime's outputs differ from PyTorch's beyond tolerance; carries the report."""
+
+    def __init__(self, report: "VerificationReport"):
+        self.report = report
+        worst = report.failures[0] if report.failures else "unknown"
+        super().__init__(f"verification failed: {worst}")
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    """How to export and what to prove."""
+
+    opset: int = 18
+    verify: bool = True
+    # PyTorch float32 itself is ~2e-5 away from a float64 reference on trained logits (the report's
+    # noise_floor), so an atol of 1e-5 would reject PyTorch against itself; 1e-4 is 5x that floor.
+    atol: float = 1e-4
+    rtol: float = 1e-5
+    providers: tuple[str, ...] = ("cpu",)
+    data_dir: str | None = None  # MNIST for the test-set check; None: $MNIST_DATA or the user cache
+
+
+@dataclass
+class OutputDiff:
+    """One output of one check: how far ORT is from PyTorch."""
+
+    max_abs_diff: float
+    max_rel_diff: float
+    argmax_agreement: float
+    within_tolerance: bool
+
+
+@dataclass
+class CheckResult:
+    name: str  # e.g. "test set", "zeros", "batch 7"
+    provider: str
+    n: int
+    outputs: dict[str, OutputDiff]
+    accuracy_torch: float | None = None
+    accuracy_ort: float | None = None
+
+    @property
+    def passed(self) -> bool:
+        ok = all(d.within_tolerance for d in self.outputs.values())
+        if self.name == "test set":
+            ok = ok and all(d.argmax_agreement == 1.0 for d in self.outputs.values())
+        return ok
+
+
+@dataclass
+class VerificationReport:
+    """Every check ORT-vs-PyTorch, with the tolerances they were held to."""
+
+    atol: float
+    rtol: float
+    checks: list[CheckResult] = field(default_factory=list)
+    test_set_checked: bool = False
+    note: str = ""
+    noise_floor: float | None = None  # max |PyTorch float32 - PyTorch float64| logits on the test digits
+
+    @property
+    def passed(self) -> bool:
+        return bool(self.checks) and all(c.passed for c in self.checks)
+
+    @property
+    def failures(self) -> list[str]:
+        out = []
+        for c in self.checks:
+            for name, d in c.outputs.items():
+                if not d.within_tolerance:
+                    out.append(f"{c.name} on {c.provider}: output {name!r} max abs diff {d.max_abs_diff:.3g} "
+                               f"exceeds atol {self.atol:g} + rtol {self.rtol:g}*|ref|")
+                elif c.name == "test set" and d.argmax_agreement < 1.0:
+                    out.append(f"test set on {c.provider}: output {name!r} argmax agrees on only "
+                               f"{100 * d.argmax_agreement:.2f}% of images")
+        return out
+
+    def to_dict(self) -> dict:
+        return {
+            "passed": self.passed,
+            "atol": self.atol,
+            "rtol": self.rtol,
+            "test_set_checked": self.test_set_checked,
+            "note": self.note,
+            "noise_floor": self.noise_floor,
+            "failures": self.failures,
+            "checks": [{**asdict(c), "passed": c.passed} for c in self.checks],
+        }
+
+    def summary(self) -> dict:
+        """The figures stored in the model's metadata (deterministic: no timings)."""
+        test = next((c for c in self.checks if c.name == "test set"), None)
+        worst = {name: max(c.outputs[name].max_abs_diff for c in self.checks) for name in self.checks[0].outputs}
+        return {
+            "passed": self.passed,
+            "atol": self.atol,
+            "rtol": self.rtol,
+            "providers": sorted({c.provider for c in self.checks}),
+            "checks": [c.name for c in self.checks if c.provider == self.checks[0].provider],
+            "max_abs_diff": worst,
+            "noise_floor": self.noise_floor,
+            "test_set": None if test is None else {
+                "n": test.n,
+                "accuracy_torch": test.accuracy_torch,
+                "accuracy_ort": test.accuracy_ort,
+                "argmax_agreement": test.outputs[C.LOGITS_NAME].argmax_agreement,
+            },
+        }
+
+
+@dataclass
+class ExportResult:
+    path: Path | None
+    report: VerificationReport | None
+    seconds: dict[str, float]
+    sha256: str
+
+
+def build_onnx(ckpt: Checkpoint, opset: int = 18):
+    """Export the checkpoint's network (normalisation folded in) with a dynamic batch axis; strip debug info."""
+    import torch
+
+    model = ckpt.build_normalised(with_probs=True)
+    example = torch.rand(2, 1, C.IMAGE_SIZE, C.IMAGE_SIZE, generator=torch.Generator().manual_seed(0))
+    batch = torch.export.Dim("batch", min=1, max=1 << 24)
+    # The exporter narrates its progress on stdout; our stdout is for results.
+    with contextlib.redirect_stdout(io.StringIO()):
+        program = torch.onnx.export(
+            model,
+            (example,),
+            dynamo=True,
+            input_names=[C.INPUT_NAME],
+            output_names=list(C.OUTPUT_NAMES),
+            opset_version=opset,
+            dynamic_shapes=({0: batch},),
+            optimize=True,
+            verbose=False,
+        )
+    proto = program.model_proto
+    strip_debug_metadata(proto)
+    return proto
+
+
+def strip_debug_metadata(proto) -> None:
+    """Drop node-level metadata (stack traces with absolute paths, class names) and doc strings."""
+    graph = proto.graph
+    for node in graph.node:
+        del node.metadata_props[:]
+        node.doc_string = ""
+    for seq in (graph.input, graph.output, graph.value_info, graph.initializer):
+        for item in seq:
+            del item.metadata_props[:]
+            item.doc_string = ""
+    del graph.metadata_props[:]
+    graph.doc_string = ""
+    proto.doc_string = ""
+    del proto.metadata_props[:]
+
+
+def _diff(ort_out: np.ndarray, ref: np.ndarray, atol: float, rtol: float) -> OutputDiff:
+    abs_diff = np.abs(ort_out.astype(np.float64) - ref.astype(np.float64))
+    rel = abs_diff / np.maximum(np.abs(ref.astype(np.float64)), 1e-12)
+    return OutputDiff(
+        max_abs_diff=float(abs_diff.max()) if abs_diff.size else 0.0,
+        max_rel_diff=float(rel.max()) if rel.size else 0.0,
+        argmax_agreement=float((ort_out.argmax(1) == ref.argmax(1)).mean()) if len(ref) else 1.0,
+        within_tolerance=bool(np.all(abs_diff <= atol + rtol * np.abs(ref))),
+    )
+
+
+def _torch_outputs(model, pixels: np.ndarray) -> dict[str, np.ndarray]:
+    import torch
+
+    with torch.no_grad():
+        logits, probs = model(torch.from_numpy(pixels))
+    return {C.LOGITS_NAME: logits.numpy(), C.PROBS_NAME: probs.numpy()}
+
+
+def _ort_outputs(session, pixels: np.ndarray, batch: int) -> dict[str, np.ndarray]:
+    parts = [session.run(list(C.OUTPUT_NAMES), {C.INPUT_NAME: pixels[i : i + batch]}) for i in range(0, len(pixels), batch)]
+    return {name: np.concatenate([p[k] for p in parts]) for k, name in enumerate(C.OUTPUT_NAMES)}
+
+
+def load_test_set(data_dir) -> tuple[np.ndarray, np.ndarray] | None:
+    """MNIST test pixels [N,1,28,28] and labels, or None when the data is not on disk."""
+    from trainer.data import DataError, load_mnist
+
+    try:
+        data = load_mnist(data_dir, download=False)
+    except DataError:
+        return None
+    return to_model_input(data.test_images.numpy()), data.test_labels.numpy()
+
+
+def verify_export(onnx_bytes: bytes, ckpt: Checkpoint, config: ExportConfig,
+                  test_set: tuple[np.ndarray, np.ndarray] | None) -> VerificationReport:
+    """Run the ONNX model through ONNX Runtime and PyTorch on real digits, edge inputs and odd batch sizes."""
+    import torch
+
+    torch.set_num_threads(1)
+    model = ckpt.build_normalised(with_probs=True)
+    report = VerificationReport(atol=config.atol, rtol=config.rtol, test_set_checked=test_set is not None)
+    if test_set is None:
+        report.note = "MNIST test set not found: checked edge inputs and random digits only"
+    rng = np.random.default_rng(EDGE_SEED)
+    shape = (C.IMAGE_SIZE, C.IMAGE_SIZE)
+    edge = {
+        "zeros": np.zeros((4, 1, *shape), np.float32),
+        "ones": np.ones((4, 1, *shape), np.float32),
+        "uniform": rng.random((64, 1, *shape), dtype=np.float32),
+    }
+    digits = test_set[0][:1000] if test_set is not None else rng.random((1000, 1, *shape), dtype=np.float32)
+    with torch.no_grad():
+        reference = digits if test_set is None else test_set[0]
+        fp64 = model.double()(torch.from_numpy(reference).double())[0].numpy()
+        model.float()
+    report.noise_floor = float(np.abs(_torch_outputs(model, reference)[C.LOGITS_NAME] - fp64).max())
+    for provider in config.providers:
+        cuda_options = {"use_tf32": 0} if provider == "cuda" else None
+        session = make_session(onnx_bytes, provider, threads=1, cuda_options=cuda_options)
+        if test_set is not None:
+            pixels, labels = test_set
+            ref = _torch_outputs(model, pixels)
+            got = _ort_outputs(session, pixels, 1000)
+            report.checks.append(CheckResult(
+                "test set", provider, len(pixels),
+                {k: _diff(got[k], ref[k], config.atol, config.rtol) for k in C.OUTPUT_NAMES},
+                accuracy_torch=float((ref[C.LOGITS_NAME].argmax(1) == labels).mean()),
+                accuracy_ort=float((got[C.LOGITS_NAME].argmax(1) == labels).mean()),
+            ))
+        for name, pixels in edge.items():
+            ref, got = _torch_outputs(model, pixels), _ort_outputs(session, pixels, len(pixels))
+            report.checks.append(CheckResult(
+                name, provider, len(pixels), {k: _diff(got[k], ref[k], config.atol, config.rtol) for k in C.OUTPUT_NAMES}))
+        ref = _torch_outputs(model, digits)
+        for batch in BATCH_SIZES:
+            got = _ort_outputs(session, digits, batch)
+            report.checks.append(CheckResult(
+                f"batch {batch}", provider, len(digits),
+                {k: _diff(got[k], ref[k], config.atol, config.rtol) for k in C.OUTPUT_NAMES}))
+    return report
+
+
+def add_metadata(proto, ckpt: Checkpoint, opset: int, report: VerificationReport | None) -> None:
+    """Attach the contract's metadata_props; no paths, no timestamps: the same inputs give the same bytes."""
+    import onnx
+    import onnxruntime
+    import torch
+
+    versions = {"torch": str(torch.__version__), "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__,
+                "tool": C.TOOL_VERSION}
+    verification = report.summary() if report is not None else {"passed": None, "note": "not verified (--no-verify)"}
+    props = {
+        C.META_FORMAT: C.META_FORMAT_VALUE,
+        C.META_LABELS: json.dumps(list(ckpt.data["labels"])),
+        C.META_INPUT: json.dumps(C.INPUT_LAYOUT, sort_keys=True),
+        C.META_SOURCE_SHA256: ckpt.sha256,
+        C.META_SOURCE_TEST_ACCURACY: json.dumps(ckpt.test_accuracy),
+        C.META_MODEL_CONFIG: json.dumps({**ckpt.config.to_dict(), "normalisation": ckpt.data["normalisation"]},
+                                        sort_keys=True),
+        C.META_RECIPE: json.dumps(ckpt.data.get("recipe", {}), sort_keys=True),
+        C.META_VERIFICATION: json.dumps(verification, sort_keys=True),
+        C.META_OPSET: str(opset),
+        C.META_VERSIONS: json.dumps(versions, sort_keys=True),
+    }
+    del proto.metadata_props[:]
+    for key, value in props.items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, value
+    proto.producer_name, proto.producer_version = C.TOOL_NAME, C.TOOL_VERSION
+    proto.model_version = 1
+
+
+def export_onnx(checkpoint_path, out_path, config: ExportConfig, test_set="load") -> ExportResult:
+    """Checkpoint -> verified model.onnx at out_path; nothing is written at out_path unless the proof passes."""
+    import hashlib
+
+    import onnx
+
+    seconds: dict[str, float] = {}
+    t0 = time.perf_counter()
+    ckpt = load_checkpoint(checkpoint_path)
+    proto = build_onnx(ckpt, config.opset)
+    seconds["export"] = time.perf_counter() - t0
+    onnx.checker.check_model(proto, full_check=True)
+    report = None
+    if config.verify:
+        t1 = time.perf_counter()
+        if isinstance(test_set, str):
+            test_set = load_test_set(config.data_dir)
+        report = verify_export(proto.SerializeToString(), ckpt, config, test_set)
+        seconds["verify"] = time.perf_counter() - t1
+        if not report.passed:
+            raise VerificationError(report)
+    add_metadata(proto, ckpt, config.opset, report)
+    onnx.checker.check_model(proto, full_check=True)
+    payload = proto.SerializeToString(deterministic=True)
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(out_path) as tmp:
+        tmp.write_bytes(payload)
+    seconds["total"] = time.perf_counter() - t0
+    return ExportResult(path=out_path, report=report, seconds=seconds, sha256=hashlib.sha256(payload).hexdigest())
