@@ -128,29 +128,21 @@ def _run(paths, model, provider, output, fmt, top_k, preprocess, labels_file, re
             tmp = stack.enter_context(atomic_path(output))
             stream = stack.enter_context(open(tmp, "w", newline="", encoding="utf-8"))
         else:
-            stream = click.get_text_stream("stdout")
-        first_rows: list = []
-        predictions = classify_paths(paths, classifier, mode=preprocess, top_k=top_k, workers=workers,
-                                     batch_size=batch_size, recursive=recursive, label_of=label_of,
-                                     keep_pixels=report_dir is not None, on_skip=on_skip, decoder=decoder)
-        # Whether to print a label column is known once we see whether any image is labelled;
-        # decide on the first batch, then stream.
-        writer = None
-        for p in predictions:
-            if writer is None:
-                first_rows.append(p)
-                if len(first_rows) < batch_size:
-                    continue
-                writer = RowWriter(stream, fmt, top_k, with_labels=bool(labels_file) or any(r.true_label for r in first_rows))
-                for r in first_rows:
-                    n, errors = _emit(writer, r, counts, evaluation, n, errors, strict, log)
-                first_rows = []
-                continue
-            n, errors = _emit(writer, p, counts, evaluation, n, errors, strict, log)
-        if writer is None:
-            writer = RowWriter(stream, fmt, top_k, with_labels=bool(labels_file) or any(r.true_label for r in first_rows))
-            for r in first_rows:
-                n, errors = _emit(writer, r, counts, evaluation, n, errors, strict, log)
+            stream = sys.stdout
+        writer = RowWriter(stream, fmt, top_k)
+        for p in classify_paths(paths, classifier, mode=preprocess, top_k=top_k, workers=workers,
+                                batch_size=batch_size, recursive=recursive, label_of=label_of,
+                                keep_pixels=report_dir is not None, on_skip=on_skip, decoder=decoder):
+            writer.write(p)
+            n += 1
+            if p.error is not None:
+                errors += 1
+                log(f"error: {p.path}: {p.error}")
+                if strict:
+                    raise click.ClickException(f"{p.path}: {p.error} (--strict)")
+            else:
+                counts[p.label] += 1
+                evaluation.add(p)
         stream.flush()
         # leaving the stack closes the file, then renames it onto --output (only on success)
 
@@ -172,16 +164,3 @@ def _run(paths, model, provider, output, fmt, top_k, preprocess, labels_file, re
     if errors:
         sys.exit(1)
 
-
-def _emit(writer, p, counts, evaluation, n, errors, strict, log):
-    writer.write(p)
-    n += 1
-    if p.error is not None:
-        errors += 1
-        log(f"error: {p.path}: {p.error}")
-        if strict:
-            raise click.ClickException(f"{p.path}: {p.error} (--strict)")
-    else:
-        counts[p.label] += 1
-        evaluation.add(p)
-    return n, errors

@@ -23,7 +23,7 @@ from infer.contract import DIGIT_BOX, IMAGE_SIZE, PIXEL_SCALE
 
 MAX_PIXELS = 40_000_000  # larger images are refused before decoding (decompression bombs)
 MAX_FILE_BYTES = 256 * 1024 * 1024
-INK_THRESHOLD = 0.15  # fraction of the ink's contrast above which a pixel counts as ink for the crop
+MIN_HAZE_CUT = 0.15  # ink below this fraction of the contrast is haze (paper texture, JPEG ringing)
 DRAFT_SIZE = 4 * IMAGE_SIZE  # JPEGs are decoded at the smallest 1/2^k scale that keeps this many pixels
 MODES = ("mnist", "none")
 
@@ -131,8 +131,9 @@ def _centre_of_mass(ink: np.ndarray) -> tuple[float, float]:
     return float(ink.sum(axis=1) @ ys) / total, float(ink.sum(axis=0) @ xs) / total
 
 
-def _paper(grey: np.ndarray) -> np.ndarray:
-    """The paper's level everywhere: a plane a + b*y + c*x fitted to the border (uneven lighting)."""
+def _paper(grey: np.ndarray) -> tuple[np.ndarray, float]:
+    """The paper's level everywhere, a plane a + b*y + c*x fitted to the border (uneven lighting),
+    and the paper's noise (robust sigma of the border around that plane)."""
     h, w = grey.shape
     ys = np.concatenate([np.zeros(w), np.full(w, h - 1), np.arange(1, h - 1), np.arange(1, h - 1)])
     xs = np.concatenate([np.arange(w), np.arange(w), np.zeros(h - 2), np.full(h - 2, w - 1)])
@@ -145,7 +146,8 @@ def _paper(grey: np.ndarray) -> np.ndarray:
         resid = np.abs(design @ coef - border)
         keep = resid <= max(8.0, float(np.percentile(resid, 75)) * 2)
     yy, xx = np.mgrid[0:h, 0:w]
-    return (coef[0] + coef[1] * yy / h + coef[2] * xx / w).astype(np.float32)
+    noise = 1.4826 * float(np.median(resid[keep]))
+    return (coef[0] + coef[1] * yy / h + coef[2] * xx / w).astype(np.float32), noise
 
 
 def _mass_bounds(mass: np.ndarray, cut: float = 0.002) -> tuple[int, int]:
@@ -160,7 +162,7 @@ def to_mnist(grey: np.ndarray) -> np.ndarray:
         return grey
     if min(grey.shape) < 3:
         raise ImageError(f"image is {grey.shape[1]}x{grey.shape[0]} pixels: too small to hold a digit")
-    paper = _paper(grey)
+    paper, noise = _paper(grey)
     residual = grey.astype(np.float32) - paper
     flat = residual.ravel()
     k = max(1, flat.size // 4000)  # the k-th most extreme pixel: a few hot pixels do not decide
@@ -171,8 +173,10 @@ def to_mnist(grey: np.ndarray) -> np.ndarray:
     peak = float(max(-darkest, brightest))
     if peak < 16:  # a blank page: nothing to classify
         raise ImageError("no ink found: the image is blank or has no contrast")
-    # Stretch the ink to full scale and cut the haze (paper texture, noise, JPEG ringing) below the threshold.
-    ink = np.clip((ink / peak - INK_THRESHOLD) / (1 - INK_THRESHOLD), 0, 1) * 255.0
+    # Stretch the ink to full scale and cut the haze: what the paper's own noise could explain,
+    # or at least a few percent of the contrast. A clean digital image loses nothing.
+    cut = min(0.5, max(MIN_HAZE_CUT, 3.0 * noise / peak)) if noise > 0 else 0.0
+    ink = np.clip((ink / peak - cut) / (1 - cut), 0, 1) * 255.0
     r0, r1 = _mass_bounds(ink.sum(axis=1))
     c0, c1 = _mass_bounds(ink.sum(axis=0))
     crop = ink[r0 : r1 + 1, c0 : c1 + 1]

@@ -42,3 +42,24 @@ def trained(tmp_path_factory, mnist_dir) -> Path:
     )
     assert result.exit_code == 0, result.output + repr(result.exception)
     return out
+
+
+@pytest.fixture(scope="session")
+def exported(tmp_path_factory, trained, mnist_dir) -> Path:
+    """The fixture checkpoint exported and verified by the real `mnist-export`."""
+    from exporter.cli import main
+
+    out = tmp_path_factory.mktemp("exported") / "model.onnx"
+    result = CliRunner().invoke(main, [str(trained), "-o", str(out), "--data-dir", str(mnist_dir)])
+    assert result.exit_code == 0, result.output
+    return out
+
+
+@pytest.fixture(scope="session")
+def mnist_pngs(tmp_path_factory, mnist) -> Path:
+    """The 10,000 MNIST test digits as PNG files in label folders."""
+    from bench.realistic import write_mnist_pngs
+
+    out = tmp_path_factory.mktemp("mnist_png")
+    write_mnist_pngs(out, mnist.test_images.numpy(), mnist.test_labels.numpy())
+    return out

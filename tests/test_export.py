@@ -26,14 +26,6 @@ def run(args):
     return CliRunner().invoke(main, [str(a) for a in args])
 
 
-@pytest.fixture(scope="session")
-def exported(tmp_path_factory, trained, mnist_dir) -> Path:
-    out = tmp_path_factory.mktemp("exported") / "model.onnx"
-    result = run([trained, "-o", out, "--data-dir", mnist_dir])
-    assert result.exit_code == 0, result.output
-    return out
-
-
 def test_round_trip_agrees_on_the_real_test_set(exported, trained, mnist):
     report = json.loads(exported.with_name("model.onnx.json").read_text())
     assert report["passed"] and report["test_set_checked"] and report["failures"] == []

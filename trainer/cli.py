@@ -71,7 +71,8 @@ def _bar(done: int, total: int, width: int = 20) -> str:
 @click.option("--schedule", type=click.Choice(SCHEDULES), help="Learning-rate schedule.")
 @click.option("--normalise/--no-normalise", default=None,
               help="Standardise pixels with MNIST's mean/std (folded into the exported graph).")
-@click.option("--shift", type=click.IntRange(min=0, max=4), help="Augmentation: shift each batch by up to N pixels.")
+@click.option("--shift", type=click.IntRange(min=0, max=2),
+              help="Augmentation: translate each image by up to N pixels.")
 @click.option("--hidden", callback=_parse_hidden, metavar="SIZES", help="Hidden layer sizes  [default: 16,16]")
 @click.option("--activation", type=click.Choice(["sigmoid", "relu", "tanh"]), default="sigmoid", show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True, help="Seeds init, shuffling, split, augmentation.")

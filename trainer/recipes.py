@@ -20,7 +20,7 @@ class Recipe:
     momentum: float = 0.0  # SGD momentum; Adam's beta1 is fixed at 0.9
     schedule: str = "constant"
     normalise: bool = False  # standardise pixels with the training mean/std (folded into the ONNX graph)
-    shift: int = 0  # random translation of each batch by up to this many pixels (augmentation)
+    shift: int = 0  # augmentation: each image translated by a random (dy, dx), |dy|, |dx| <= shift
 
     def __post_init__(self) -> None:
         if self.optimizer not in OPTIMIZERS:
@@ -48,13 +48,15 @@ class Recipe:
 RECIPES = {
     # The write-up's recipe: SGD lr 0.01, batch 32, 20 epochs, pixels in [0,1], shuffled each epoch.
     "seed": Recipe(name="seed", optimizer="sgd", lr=0.01, batch_size=32, epochs=20),
-    # Same 784-16-16-10 sigmoid network, trained well; chosen on the validation split (README).
+    # Same 784-16-16-10 sigmoid network, trained well. Chosen on the validation split (README): AdamW
+    # with decoupled weight decay and a one-cycle schedule; each image shifted by up to 1 pixel; the
+    # epochs are what fits the 30 s budget on 2 cores (more epochs keep helping: 200 -> +0.05%).
     "default": Recipe(
         name="default",
         optimizer="adamw",
         lr=0.02,
         batch_size=256,
-        epochs=120,
+        epochs=160,
         weight_decay=0.05,
         schedule="onecycle",
         normalise=True,
