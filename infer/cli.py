@@ -75,45 +75,43 @@ def main(paths, model, provider, output, fmt, top_k, preprocess, labels_file, re
     t0 = time.perf_counter()
     log = (lambda msg: None) if quiet else (lambda msg: click.echo(msg, err=True))
 
-    # The decode pool is started before onnxruntime is imported: fork stays cheap and safe,
-    # and the workers decode while the model loads.
-    from infer.pipeline import Decoder
-
-    decoder = Decoder(workers) if workers is not None else None
     try:
         _run(paths, model, provider, output, fmt, top_k, preprocess, labels_file, report_dir, recursive, batch_size,
-             workers, strict, verbose, log, decoder, t0)
+             workers, strict, verbose, log, t0)
     except KeyboardInterrupt:
-        if decoder:
-            decoder.close(abort=True)
         click.echo("interrupted: no output file was left behind", err=True)
         sys.exit(130)
-    finally:
-        if decoder:
-            decoder.close()
 
 
 def _run(paths, model, provider, output, fmt, top_k, preprocess, labels_file, report_dir, recursive, batch_size,
-         workers, strict, verbose, log, decoder, t0):
+         workers, strict, verbose, log, t0):
     import contextlib
 
     from infer.atomic import atomic_path
+    from infer.contract import LABELS
     from infer.engine import Classifier, ModelError, ProviderError
     from infer.evaluate import Evaluation, LabelsError, file_labeller, folder_labeller
     from infer.output import RowWriter
     from infer.pipeline import classify_paths
 
     try:
-        classifier = Classifier(model, provider=provider, threads=1, verbose=verbose)
-    except (ModelError, ProviderError) as exc:
-        raise click.ClickException(str(exc)) from None
-    if provider == "auto":
-        log(f"provider: {classifier.provider} (auto)")
-    try:
-        label_of = file_labeller(labels_file, classifier.labels) if labels_file else folder_labeller(classifier.labels)
+        label_of = file_labeller(labels_file, LABELS) if labels_file else folder_labeller(LABELS)
     except LabelsError as exc:
         raise click.BadParameter(str(exc), param_hint="--labels") from None
-    evaluation = Evaluation(classifier.labels)
+    used: list = []
+
+    def make_classifier():
+        # Called by classify_paths once decoding has started: loading ONNX Runtime overlaps with it.
+        try:
+            classifier = Classifier(model, provider=provider, threads=1, verbose=verbose)
+        except (ModelError, ProviderError) as exc:
+            raise click.ClickException(str(exc)) from None
+        if provider == "auto":
+            log(f"provider: {classifier.provider} (auto)")
+        used.append(classifier)
+        return classifier
+
+    evaluation = Evaluation(LABELS)
     skipped: list[str] = []
 
     def on_skip(item):
@@ -121,7 +119,7 @@ def _run(paths, model, provider, output, fmt, top_k, preprocess, labels_file, re
         if verbose:
             log(f"skipped {item.path}: {item.skipped}")
 
-    counts = {label: 0 for label in classifier.labels}
+    counts = {label: 0 for label in LABELS}
     errors = n = 0
     with contextlib.ExitStack() as stack:
         if output:
@@ -130,9 +128,9 @@ def _run(paths, model, provider, output, fmt, top_k, preprocess, labels_file, re
         else:
             stream = sys.stdout
         writer = RowWriter(stream, fmt, top_k)
-        for p in classify_paths(paths, classifier, mode=preprocess, top_k=top_k, workers=workers,
+        for p in classify_paths(paths, make_classifier, mode=preprocess, top_k=top_k, workers=workers,
                                 batch_size=batch_size, recursive=recursive, label_of=label_of,
-                                keep_pixels=report_dir is not None, on_skip=on_skip, decoder=decoder):
+                                keep_pixels=report_dir is not None, on_skip=on_skip):
             writer.write(p)
             n += 1
             if p.error is not None:
@@ -148,7 +146,7 @@ def _run(paths, model, provider, output, fmt, top_k, preprocess, labels_file, re
 
     seconds = time.perf_counter() - t0
     log(f"{n} images: {n - errors} classified, {errors} failed, {len(skipped)} skipped (not images) "
-        f"in {seconds:.2f}s ({n / seconds:,.0f} images/s) on {classifier.provider}")
+        f"in {seconds:.2f}s ({n / seconds:,.0f} images/s)" + (f" on {used[0].provider}" if used else ""))
     if n - errors:
         log("per digit: " + "  ".join(f"{k}:{v}" for k, v in counts.items()))
     if evaluation.total:

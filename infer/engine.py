@@ -131,6 +131,8 @@ def check_contract(session, path: str) -> ModelInfo:
         labels = tuple(json.loads(meta[C.META_LABELS]))
     except (KeyError, ValueError, TypeError):
         raise ModelError(f"{path}: metadata {C.META_LABELS!r} is missing or not a JSON list") from None
+    if labels != C.LABELS:
+        raise ModelError(f"{path}: labels {list(labels)} are not the digits 0-9 this tool reads")
     out_shape = outputs[names.index(C.LOGITS_NAME)].shape
     if len(out_shape) != 2 or out_shape[1] != len(labels):
         raise ModelError(f"{path}: logits shape {out_shape} does not match {len(labels)} labels")

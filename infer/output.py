@@ -18,14 +18,19 @@ class RowWriter:
 
     def __init__(self, stream: TextIO, fmt: str, top_k: int):
         self.stream, self.fmt, self.top_k = stream, fmt, top_k
-        if fmt == "csv":
-            self.csv = csv.writer(stream, lineterminator="\n")
-            header = ["path", "prediction", "confidence"]
-            if top_k > 1:
-                header.append("alternatives")
-            self.csv.writerow(header + ["label", "error"])
+        self.csv = csv.writer(stream, lineterminator="\n") if fmt == "csv" else None
+        self.started = False
+
+    def _header(self) -> None:
+        # Written with the first row: a run that fails before any image (no CUDA, bad model) prints nothing.
+        self.started = True
+        if self.csv is not None:
+            alternatives = ["alternatives"] if self.top_k > 1 else []
+            self.csv.writerow(["path", "prediction", "confidence", *alternatives, "label", "error"])
 
     def write(self, p: Prediction) -> None:
+        if not self.started:
+            self._header()
         if self.fmt == "jsonl":
             row = {"path": p.path, "prediction": p.label,
                    "confidence": None if p.confidence is None else round(p.confidence, 6)}

@@ -74,17 +74,23 @@ class Decoder:
             method = "fork" if sys.platform.startswith("linux") else "spawn"
             self.pool = multiprocessing.get_context(method).Pool(workers)
 
-    def map(self, tasks: Iterable[tuple]) -> Iterator[tuple[np.ndarray, list[str | None]]]:
+    def stream(self, tasks: Iterator[tuple]) -> Iterator[tuple[np.ndarray, list[str | None]]]:
+        """Results of decode_chunk over `tasks`, in order. With a pool, the first tasks are submitted
+        now, so the workers decode while the caller does something else (loads the model)."""
         if self.pool is None:
-            yield from map(decode_chunk, tasks)
-            return
+            return map(decode_chunk, tasks)
         pending: deque = deque()
-        for task in tasks:
+        limit = self.workers * INFLIGHT_PER_WORKER
+        for task in itertools.islice(tasks, limit):
             pending.append(self.pool.apply_async(decode_chunk, (task,)))
-            if len(pending) >= self.workers * INFLIGHT_PER_WORKER:
-                yield pending.popleft().get()
+        return self._drain(tasks, pending, limit)
+
+    def _drain(self, tasks, pending: deque, limit: int):
         while pending:
-            yield pending.popleft().get()
+            result = pending.popleft().get()
+            for task in itertools.islice(tasks, limit - len(pending)):
+                pending.append(self.pool.apply_async(decode_chunk, (task,)))
+            yield result
 
     def close(self, abort: bool = False) -> None:
         if self.pool is not None:
@@ -115,12 +121,14 @@ def classify_paths(
     label_of: Callable[[str], str | None] | None = None,
     keep_pixels: bool = False,
     on_skip: Callable[[Listed], None] | None = None,
-    decoder: Decoder | None = None,
 ) -> Iterator[Prediction]:
     """Classify every image under `paths` (files or folders), yielding one Prediction per file, in order.
 
-    `classifier` is an infer.Classifier (anything with .predict(pixels) -> probs and .labels).
-    Unreadable files become Predictions with `error` set; they never stop the stream.
+    `classifier` is an infer.Classifier (anything with .predict(pixels) -> probs and .labels), or a
+    function that makes one: it is then called once the first images are being decoded, so that
+    loading ONNX Runtime overlaps with decoding. Unreadable files become Predictions with `error`
+    set; they never stop the stream. `workers`: decoding processes (default: one per core when
+    there are more than two batches of files, else decode in this process).
     """
     listing = walk_images(paths, recursive=recursive)
 
@@ -134,46 +142,41 @@ def classify_paths(
     stream = files()
     first = list(itertools.islice(stream, batch_size * 2))
     if workers is None:
-        # A pool costs ~50 ms to start: only worth it when there is more than a couple of chunks.
+        # A pool costs tens of ms to start: only worth it when there is more than a couple of batches.
         workers = default_workers() if len(first) == batch_size * 2 else 0
-    own_decoder = decoder is None
-    decoder = decoder or Decoder(workers)
-    labels = list(classifier.labels)
-    k = max(1, min(top_k, len(labels)))
+    decoder = Decoder(workers)
     try:
-        batches = _chunks(itertools.chain(first, stream), batch_size)
-        # tee the chunk list so each decoded result can be matched to its paths
         pending_paths: deque = deque()
 
-        def tasks():
-            for chunk in batches:
+        def tasks() -> Iterator[tuple]:
+            for chunk in _chunks(itertools.chain(first, stream), batch_size):
                 pending_paths.append(chunk)
                 yield (chunk, mode)
 
-        for digits, errors in decoder.map(tasks()):
+        results = decoder.stream(tasks())
+        if not hasattr(classifier, "predict"):
+            classifier = classifier()
+        labels = list(classifier.labels)
+        k = max(1, min(top_k, len(labels)))
+        for digits, errors in results:
             chunk = pending_paths.popleft()
             ok = [i for i, e in enumerate(errors) if e is None]
-            probs = classifier.predict(digits[ok].astype(np.float32) / 255.0) if ok else None
-            order = np.argsort(-probs, axis=1, kind="stable")[:, :k] if ok else None
-            row_of = {i: r for r, i in enumerate(ok)}
+            if ok:
+                probs = classifier.predict(digits[ok].astype(np.float32) / 255.0)
+                order = np.argsort(-probs, axis=1, kind="stable")[:, :k]
+                top_p = np.take_along_axis(probs, order, axis=1).tolist()
+                order = order.tolist()
+            row = 0
             for i, path in enumerate(chunk):
                 true_label = label_of(path) if label_of else None
                 if errors[i] is not None:
                     yield Prediction(path=path, error=errors[i], true_label=true_label)
                     continue
-                r = row_of[i]
-                top = [(labels[j], float(probs[r, j])) for j in order[r]]
-                yield Prediction(
-                    path=path,
-                    label=top[0][0],
-                    confidence=top[0][1],
-                    top_k=top,
-                    true_label=true_label,
-                    pixels=digits[i] if keep_pixels else None,
-                )
+                top = [(labels[j], p) for j, p in zip(order[row], top_p[row])]
+                row += 1
+                yield Prediction(path=path, label=top[0][0], confidence=top[0][1], top_k=top,
+                                 true_label=true_label, pixels=digits[i] if keep_pixels else None)
     except BaseException:
-        if own_decoder:
-            decoder.close(abort=True)
+        decoder.close(abort=True)
         raise
-    if own_decoder:
-        decoder.close()
+    decoder.close()

@@ -392,3 +392,19 @@ def test_installed_command(exported, tmp_path):
     assert len(rows(out.read_text())) == 45 and "images/s" in proc.stderr
     mod = subprocess.run([sys.executable, "-m", "infer", "--version"], capture_output=True, text=True)
     assert mod.returncode == 0 and C.TOOL_VERSION in mod.stdout
+
+
+def test_fast_png_path_matches_pillow(mnist_pngs, tmp_path):
+    from infer.preprocess import read_grey
+
+    paths = sorted(mnist_pngs.rglob("*.png"))[::20]
+    for p in paths:
+        assert np.array_equal(read_grey(p), np.asarray(Image.open(p)))
+    # greyscale with a transparent colour (tRNS) and 16-bit go through Pillow, and still decode right
+    img = Image.fromarray(np.pad(np.full((5, 5), 200, np.uint8), 4))
+    img.save(tmp_path / "trns.png", transparency=0)
+    assert read_grey(tmp_path / "trns.png").shape == (13, 13)
+    data = paths[0].read_bytes()
+    (tmp_path / "cut.png").write_bytes(data[: len(data) - 30])
+    with pytest.raises(ImageError):
+        read_grey(tmp_path / "cut.png")
