@@ -15,7 +15,7 @@ from PIL import Image, ImageDraw, ImageFilter, ImageFont
 FONT_GLOBS = ("/usr/share/fonts/truetype/dejavu/*.ttf", "/usr/share/fonts/**/*.ttf", "/Library/Fonts/*.ttf")
 
 
-def scan_like(digit: np.ndarray, rng: np.random.Generator, size: int = 256) -> Image.Image:
+def scan_like(digit: np.ndarray, rng: np.random.Generator, size: int = 256, noise: float = 4.0) -> Image.Image:
     """An MNIST digit as a scan: black ink on off-white paper, enlarged, off-centre, noisy, grey mode."""
     scale = rng.uniform(0.35, 0.7) * size / 20
     big = Image.fromarray(digit).resize((max(8, int(28 * scale)),) * 2, Image.BICUBIC)
@@ -28,7 +28,8 @@ def scan_like(digit: np.ndarray, rng: np.random.Generator, size: int = 256) -> I
     left = int(rng.integers(0, max(1, size - w)))
     region = canvas[top : top + h, left : left + w]
     region[:] = region * (1 - ink[: region.shape[0], : region.shape[1]]) + ink_level * ink[: region.shape[0], : region.shape[1]]
-    canvas += rng.normal(0, 4, canvas.shape)
+    if noise:
+        canvas += rng.normal(0, noise, canvas.shape)
     return Image.fromarray(np.clip(canvas, 0, 255).astype(np.uint8), "L")
 
 

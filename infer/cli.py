@@ -60,12 +60,16 @@ def _doctor() -> None:
               help="Images per decode task and per model call.")
 @click.option("--workers", type=click.IntRange(min=0), default=None,
               help="Decoding processes (0: decode in this process).  [default: one per core]")
+@click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+              help="ray: the same job on Ray Data (pip install 'mnist-toolkit[ray]'), locally or on a cluster.")
+@click.option("--ray-address", metavar="ADDRESS",
+              help="Ray cluster to join (else $RAY_ADDRESS, else a local Ray instance is started).")
 @click.option("--strict", is_flag=True, help="Stop at the first file that fails (exit 1, no output file).")
 @click.option("--quiet", "-q", is_flag=True, help="No summary on stderr.")
 @click.option("--verbose", "-v", is_flag=True, help="ONNX Runtime's own log, and every skipped file.")
 @click.option("--doctor", is_flag=True, help="Print ONNX Runtime's version, providers and CUDA libraries, then exit.")
 def main(paths, model, provider, output, fmt, top_k, preprocess, labels_file, report_dir, recursive, batch_size,
-         workers, strict, quiet, verbose, doctor):
+         workers, engine, ray_address, strict, quiet, verbose, doctor):
     """Classify every digit image under PATHS (files or folders) with ONNX Runtime; one row per image."""
     if doctor:
         _doctor()
@@ -75,21 +79,30 @@ def main(paths, model, provider, output, fmt, top_k, preprocess, labels_file, re
     t0 = time.perf_counter()
     log = (lambda msg: None) if quiet else (lambda msg: click.echo(msg, err=True))
 
+    if engine == "ray":
+        from infer.ray_engine import RayUnavailable, _import_ray
+
+        try:
+            _import_ray()
+        except RayUnavailable as exc:
+            raise click.UsageError(str(exc)) from None
+    elif ray_address:
+        raise click.UsageError("--ray-address needs --engine ray")
     try:
         _run(paths, model, provider, output, fmt, top_k, preprocess, labels_file, report_dir, recursive, batch_size,
-             workers, strict, verbose, log, t0)
+             workers, engine, ray_address, strict, verbose, log, t0)
     except KeyboardInterrupt:
         click.echo("interrupted: no output file was left behind", err=True)
         sys.exit(130)
 
 
 def _run(paths, model, provider, output, fmt, top_k, preprocess, labels_file, report_dir, recursive, batch_size,
-         workers, strict, verbose, log, t0):
+         workers, engine, ray_address, strict, verbose, log, t0):
     import contextlib
 
     from infer.atomic import atomic_path
     from infer.contract import LABELS
-    from infer.engine import Classifier, ModelError, ProviderError
+    from infer.engine import Classifier, ModelError, ProviderError, default_model_path
     from infer.evaluate import Evaluation, LabelsError, file_labeller, folder_labeller
     from infer.output import RowWriter
     from infer.pipeline import classify_paths
@@ -128,9 +141,21 @@ def _run(paths, model, provider, output, fmt, top_k, preprocess, labels_file, re
         else:
             stream = sys.stdout
         writer = RowWriter(stream, fmt, top_k)
-        for p in classify_paths(paths, make_classifier, mode=preprocess, top_k=top_k, workers=workers,
-                                batch_size=batch_size, recursive=recursive, label_of=label_of,
-                                keep_pixels=report_dir is not None, on_skip=on_skip):
+        common = dict(mode=preprocess, top_k=top_k, batch_size=batch_size, recursive=recursive, label_of=label_of,
+                      keep_pixels=report_dir is not None, on_skip=on_skip)
+        if engine == "ray":
+            from infer.ray_engine import classify_paths_ray
+
+            model_path = str(model or default_model_path())
+            try:  # refuse a bad model here, before starting Ray; CUDA is the actors' business
+                Classifier(model_path, provider="cpu", threads=1)
+            except ModelError as exc:
+                raise click.ClickException(str(exc)) from None
+            predictions = classify_paths_ray(paths, model_path, labels=list(LABELS), provider=provider,
+                                             ray_address=ray_address, **common)
+        else:
+            predictions = classify_paths(paths, make_classifier, workers=workers, **common)
+        for p in _guarded(predictions):
             writer.write(p)
             n += 1
             if p.error is not None:
@@ -145,8 +170,9 @@ def _run(paths, model, provider, output, fmt, top_k, preprocess, labels_file, re
         # leaving the stack closes the file, then renames it onto --output (only on success)
 
     seconds = time.perf_counter() - t0
+    where = f" on {used[0].provider}" if used else (" on ray" if engine == "ray" else "")
     log(f"{n} images: {n - errors} classified, {errors} failed, {len(skipped)} skipped (not images) "
-        f"in {seconds:.2f}s ({n / seconds:,.0f} images/s)" + (f" on {used[0].provider}" if used else ""))
+        f"in {seconds:.2f}s ({n / seconds:,.0f} images/s){where}")
     if n - errors:
         log("per digit: " + "  ".join(f"{k}:{v}" for k, v in counts.items()))
     if evaluation.total:
@@ -162,3 +188,13 @@ def _run(paths, model, provider, output, fmt, top_k, preprocess, labels_file, re
     if errors:
         sys.exit(1)
 
+
+
+def _guarded(predictions):
+    """Domain failures raised while streaming (a Ray job that failed) become one clear line."""
+    from infer.ray_engine import RayJobError
+
+    try:
+        yield from predictions
+    except RayJobError as exc:
+        raise click.ClickException(str(exc)) from None

@@ -173,12 +173,6 @@ def is_mnist_format(grey: np.ndarray) -> bool:
     return abs(cy - IMAGE_SIZE / 2) <= 0.51 and abs(cx - IMAGE_SIZE / 2) <= 0.51
 
 
-def _centre_of_mass(ink: np.ndarray) -> tuple[float, float]:
-    total = float(ink.sum())
-    ys, xs = np.arange(ink.shape[0], dtype=np.float32), np.arange(ink.shape[1], dtype=np.float32)
-    return float(ink.sum(axis=1) @ ys) / total, float(ink.sum(axis=0) @ xs) / total
-
-
 @functools.lru_cache(maxsize=64)
 def _border_design(h: int, w: int) -> np.ndarray:
     """Rows [1, y/h, x/w] for the border pixels, in the order _border() lists them."""
@@ -211,8 +205,19 @@ def _paper(grey: np.ndarray) -> tuple[np.ndarray, float]:
 
 def _mass_bounds(mass: np.ndarray, cut: float = 0.002) -> tuple[int, int]:
     """First and last index holding the central (1 - 2*cut) of the mass: stray specks fall outside."""
-    cum = np.cumsum(mass) / mass.sum()
-    return int(np.searchsorted(cum, cut)), int(np.searchsorted(cum, 1 - cut))
+    cum = np.cumsum(mass)
+    lo, hi = np.searchsorted(cum, [cut * cum[-1], (1 - cut) * cum[-1]])
+    return int(lo), int(hi)
+
+
+def _flat_paper(grey: np.ndarray) -> tuple[float, float] | None:
+    """(level, noise) of an evenly lit page, from its border; None when the border varies (a photo)."""
+    border = np.sort(np.concatenate((grey[0], grey[-1], grey[1:-1, 0], grey[1:-1, -1])))
+    n = len(border)
+    q10, q25, q50, q75, q90 = border[[n // 10, n // 4, n // 2, 3 * n // 4, 9 * n // 10]].astype(float)
+    if q90 - q10 > 24:
+        return None
+    return q50, (q75 - q25) / 1.349
 
 
 def to_mnist(grey: np.ndarray) -> np.ndarray:
@@ -221,36 +226,43 @@ def to_mnist(grey: np.ndarray) -> np.ndarray:
         return grey
     if min(grey.shape) < 3:
         raise ImageError(f"image is {grey.shape[1]}x{grey.shape[0]} pixels: too small to hold a digit")
-    paper, noise = _paper(grey)
-    residual = grey.astype(np.float32) - paper
+    flat_paper = _flat_paper(grey)
+    paper, noise = flat_paper if flat_paper is not None else _paper(grey)
+    residual = grey.astype(np.float32)
+    residual -= paper
     flat = residual.ravel()
     k = max(1, flat.size // 4000)  # the k-th most extreme pixel: a few hot pixels do not decide
     darkest, brightest = np.partition(flat, [k - 1, flat.size - k])[[k - 1, flat.size - k]]
     # Ink polarity: whichever departs further from the paper is the ink (dark ink on light paper is
     # made white-on-black, as MNIST is).
-    ink = np.clip(-residual if -darkest > brightest else residual, 0, None)
-    peak = float(max(-darkest, brightest))
+    dark_ink = -darkest > brightest
+    peak = float(-darkest if dark_ink else brightest)
     if peak < 16:  # a blank page: nothing to classify
         raise ImageError("no ink found: the image is blank or has no contrast")
-    # Stretch the ink to full scale and cut the haze: what the paper's own noise could explain,
-    # or at least a few percent of the contrast. A clean digital image loses nothing.
-    cut = min(0.5, max(MIN_HAZE_CUT, 3.0 * noise / peak)) if noise > 0 else 0.0
-    ink = np.clip((ink / peak - cut) / (1 - cut), 0, 1) * 255.0
+    # Stretch the ink to full scale and cut the haze: what the paper's own noise could explain, and
+    # at least MIN_HAZE_CUT of the contrast (faint boxes, shadows and ringing around the digit).
+    cut = min(0.5, max(MIN_HAZE_CUT, 3.0 * noise / peak))
+    gain = 255.0 / (peak * (1 - cut))
+    ink = np.clip(residual, None, -cut * peak) if dark_ink else np.clip(residual, cut * peak, None)
+    ink -= -cut * peak if dark_ink else cut * peak
+    ink *= -gain if dark_ink else gain
+    np.minimum(ink, 255.0, out=ink)
     r0, r1 = _mass_bounds(ink.sum(axis=1))
     c0, c1 = _mass_bounds(ink.sum(axis=0))
     crop = ink[r0 : r1 + 1, c0 : c1 + 1]
     h, w = crop.shape
     scale = DIGIT_BOX / max(h, w)
     new_h, new_w = max(1, round(h * scale)), max(1, round(w * scale))
-    box = Image.fromarray(crop, mode="F").resize((new_w, new_h), Image.LANCZOS if scale < 1 else Image.BILINEAR)
-    digit = np.clip(np.asarray(box), 0, 255)
-    cy, cx = _centre_of_mass(digit)
-    top, left = int(round(IMAGE_SIZE / 2 - cy)), int(round(IMAGE_SIZE / 2 - cx))
-    top = min(max(top, 0), IMAGE_SIZE - new_h)  # keep the whole digit in the frame
-    left = min(max(left, 0), IMAGE_SIZE - new_w)
-    out = np.zeros((IMAGE_SIZE, IMAGE_SIZE), np.float32)
+    box = Image.fromarray(crop.astype(np.uint8), mode="L")
+    digit = np.asarray(box.resize((new_w, new_h), Image.LANCZOS if scale < 1 else Image.BILINEAR))
+    row_mass, col_mass = digit.sum(axis=1, dtype=np.float64), digit.sum(axis=0, dtype=np.float64)
+    total = row_mass.sum()
+    cy, cx = (row_mass @ np.arange(new_h)) / total, (col_mass @ np.arange(new_w)) / total
+    top = min(max(int(round(IMAGE_SIZE / 2 - cy)), 0), IMAGE_SIZE - new_h)  # keep the whole digit in frame
+    left = min(max(int(round(IMAGE_SIZE / 2 - cx)), 0), IMAGE_SIZE - new_w)
+    out = np.zeros((IMAGE_SIZE, IMAGE_SIZE), np.uint8)
     out[top : top + new_h, left : left + new_w] = digit
-    return (out + 0.5).astype(np.uint8)
+    return out
 
 
 def resize_raw(grey: np.ndarray) -> np.ndarray:

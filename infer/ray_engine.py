@@ -24,6 +24,10 @@ class RayUnavailable(Exception):
     """Ray (with Ray Data) is not installed."""
 
 
+class RayJobError(Exception):
+    """The Ray job failed (an actor could not start, e.g. CUDA asked for and missing); carries the cause."""
+
+
 def _import_ray():
     try:
         import ray
@@ -136,7 +140,7 @@ def classify_paths_ray(
         num_cpus=0 if gpu else 1,
     )
     expected = 0
-    for batch in ds.iter_batches(batch_size=batch_size, batch_format="numpy", prefetch_batches=2):
+    for batch in _batches(ray, ds, batch_size):
         for r in range(len(batch["path"])):
             index, path = int(batch["index"][r]), str(batch["path"][r])
             if index != expected:
@@ -150,3 +154,12 @@ def classify_paths_ray(
             top = [(labels[j], float(p)) for j, p in zip(batch["top_idx"][r], batch["top_p"][r])]
             yield Prediction(path=path, label=top[0][0], confidence=top[0][1], top_k=top, true_label=true_label,
                              pixels=np.asarray(batch["pixels"][r]) if keep_pixels else None)
+
+
+def _batches(ray, ds, batch_size: int) -> Iterator[dict]:
+    try:
+        yield from ds.iter_batches(batch_size=batch_size, batch_format="numpy", prefetch_batches=2)
+    except ray.exceptions.RayError as exc:
+        cause = str(exc).strip().splitlines()
+        reason = next((line for line in reversed(cause) if "Error" in line), cause[-1] if cause else repr(exc))
+        raise RayJobError(f"the Ray job failed: {reason.strip()[:400]}") from None
