@@ -90,6 +90,8 @@ def connect(address: str | None, num_cpus: int | None = None):
         if address is None:
             kwargs["num_cpus"] = num_cpus or os.cpu_count()
         ray.init(address=address, **kwargs)
+    for name in ("ray", "ray.data"):  # mnist-infer's stderr is for its own summary and error rows
+        logging.getLogger(name).setLevel(logging.ERROR)
     return ray
 
 
@@ -125,19 +127,28 @@ def classify_paths_ray(
     ctx.print_on_execution_start = False
     with open(model_path, "rb") as f:
         model_bytes = f.read()
-    cpus = int(ray.cluster_resources().get("CPU", 1))
+    resources = ray.cluster_resources()
+    cpus = int(resources.get("CPU", 1))
+    gpu = provider == "cuda"
+    if gpu and resources.get("GPU", 0) < 1:
+        # An actor asking for a GPU the cluster does not have would wait forever.
+        raise RayJobError("--provider cuda: the Ray cluster has no GPU (its resources: "
+                          + ", ".join(f"{k} {v:g}" for k, v in sorted(resources.items()) if "memory" not in k
+                                      and not k.startswith("node:")) + ")")
     ds = ray.data.from_items([{"index": i, "path": p} for i, p in enumerate(files)],
                              override_num_blocks=max(1, min(len(files) // batch_size, 4 * cpus)))
-    ds = ds.map_batches(_decode_batch, fn_kwargs={"mode": mode}, batch_size=batch_size, batch_format="numpy")
-    gpu = provider == "cuda"
+    # A CPU stage of tasks. Its resources differ from the model stage's on purpose: Ray Data would
+    # otherwise fuse both into the model actors, and decoding would scale with the actors alone.
+    ds = ds.map_batches(_decode_batch, fn_kwargs={"mode": mode}, batch_size=batch_size, batch_format="numpy",
+                        num_cpus=1)
     ds = ds.map_batches(
         _OnnxStage,
         fn_constructor_kwargs={"model_bytes": model_bytes, "provider": provider, "top_k": top_k},
         batch_size=max(batch_size, 1024 if gpu else batch_size),
         batch_format="numpy",
-        concurrency=model_actors or (1 if gpu else max(1, cpus // 2)),
+        compute=ray.data.ActorPoolStrategy(size=model_actors or (1 if gpu else max(1, cpus // 2))),
         num_gpus=1 if gpu else 0,
-        num_cpus=0 if gpu else 1,
+        num_cpus=0 if gpu else 0.5,
     )
     expected = 0
     for batch in _batches(ray, ds, batch_size):

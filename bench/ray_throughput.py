@@ -1,0 +1,49 @@
+"""Local engine vs Ray Data engine on the same folders, process start to finished CSV, one table.
+
+    MNIST_DATA=../shared/data/mnist python bench/ray_throughput.py [--repeats 1]
+
+Needs the ray extra (pip install '.[ray]'). Ray starts a local instance (2 CPUs here) in each run, so
+its figures include Ray's start-up; peak RSS is the whole process tree (driver, raylet, GCS, workers).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bench.infer_throughput import OUT, build_folders, timed  # noqa: E402
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data-dir", default=os.environ.get("MNIST_DATA", str(ROOT.parent / "shared" / "data" / "mnist")))
+    parser.add_argument("--model", default=str(ROOT / "infer" / "models" / "default.onnx"))
+    parser.add_argument("--repeats", type=int, default=1)
+    args = parser.parse_args()
+    folders = build_folders(args.data_dir)
+    exe = shutil.which("mnist-infer", path=os.path.dirname(sys.executable)) or "mnist-infer"
+    csv_out = str(OUT / "rows.csv")
+    rows = []
+    for kind, n in (("png", 10000), ("png100k", 100000)):
+        for engine in ("local", "ray"):
+            runs = [timed([exe, str(folders[kind]), "-m", args.model, "-o", csv_out, "-q", "--engine", engine])
+                    for _ in range(args.repeats)]
+            secs = statistics.median(r[0] for r in runs)
+            rows.append((f"{n:,} MNIST PNG", engine, secs, n / secs, max(r[1] for r in runs)))
+            print(f"{kind} {engine} done", file=sys.stderr)
+    print(f"\nmnist-infer engines on {os.cpu_count()} CPU cores, process start to finished CSV "
+          f"(median of {args.repeats})\n")
+    print(f"| {'folder':<20} | {'engine':<6} | {'seconds':>8} | {'images/s':>9} | {'peak RSS (tree)':>15} |")
+    print(f"|{'-' * 22}|{'-' * 8}|{'-' * 10}|{'-' * 11}|{'-' * 17}|")
+    for folder, engine, secs, rate, rss in rows:
+        print(f"| {folder:<20} | {engine:<6} | {secs:>8.2f} | {rate:>9,.0f} | {rss:>12} MB |")
+
+
+if __name__ == "__main__":
+    main()
