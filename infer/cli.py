@@ -56,8 +56,8 @@ def _doctor() -> None:
 @click.option("--report", "report_dir", type=click.Path(file_okay=False),
               help="With labels: write confusion.png, misclassified.png and metrics.json here.")
 @click.option("--recursive/--no-recursive", default=True, show_default=True, help="Walk sub-folders.")
-@click.option("--batch-size", type=click.IntRange(min=1, max=65536), default=256, show_default=True,
-              help="Images per decode task and per model call.")
+@click.option("--batch-size", type=click.IntRange(min=1, max=65536), default=None,
+              help="Images per decode task and per model call.  [default: 256; 2048 with --provider cuda]")
 @click.option("--workers", type=click.IntRange(min=0), default=None,
               help="Decoding processes (0: decode in this process).  [default: one per core]")
 @click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
@@ -78,12 +78,14 @@ def main(paths, model, provider, output, fmt, top_k, preprocess, labels_file, re
         raise click.UsageError("give at least one image file or folder (e.g. mnist-infer samples/)")
     t0 = time.perf_counter()
     log = (lambda msg: None) if quiet else (lambda msg: click.echo(msg, err=True))
+    if batch_size is None:
+        batch_size = 2048 if provider == "cuda" else 256  # a GPU wants large batches; CPUs want early rows
 
     if engine == "ray":
-        from infer.ray_engine import RayUnavailable, _import_ray
+        from infer.ray_engine import RayUnavailable, import_ray
 
         try:
-            _import_ray()
+            import_ray()
         except RayUnavailable as exc:
             raise click.UsageError(str(exc)) from None
     elif ray_address:

@@ -186,7 +186,3 @@ class Classifier:
             out = np.exp(out - out.max(axis=1, keepdims=True))
             out /= out.sum(axis=1, keepdims=True)
         return out
-
-    def logits(self, pixels: np.ndarray) -> np.ndarray:
-        pixels = np.asarray(pixels, dtype=np.float32).reshape(-1, 1, C.IMAGE_SIZE, C.IMAGE_SIZE)
-        return self.session.run([C.LOGITS_NAME], {C.INPUT_NAME: pixels})[0]

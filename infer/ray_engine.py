@@ -28,7 +28,7 @@ class RayJobError(Exception):
     """The Ray job failed (an actor could not start, e.g. CUDA asked for and missing); carries the cause."""
 
 
-def _import_ray():
+def import_ray():
     try:
         import ray
         import ray.data  # noqa: F401
@@ -82,7 +82,7 @@ class _OnnxStage:
 
 def connect(address: str | None, num_cpus: int | None = None):
     """Join the cluster at `address` (or $RAY_ADDRESS); without one, start a local Ray instance."""
-    ray = _import_ray()
+    ray = import_ray()
     if not ray.is_initialized():
         address = address or os.environ.get("RAY_ADDRESS") or None
         kwargs = dict(include_dashboard=False, log_to_driver=False, configure_logging=True,
