@@ -13,7 +13,6 @@ of each run's whole process tree (main process plus decode workers), sampled eve
 """
 from __future__ import annotations
 
-import argparse
 import os
 import shutil
 import statistics
@@ -22,9 +21,10 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-OUT = ROOT / "bench" / "out"
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench import common  # noqa: E402
+from bench.common import OUT, ROOT  # noqa: E402
 
 
 def build_folders(data_dir: str) -> dict[str, Path]:
@@ -108,13 +108,10 @@ def decode_ceiling(folder: Path) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data-dir", default=os.environ.get("MNIST_DATA", str(ROOT.parent / "shared" / "data" / "mnist")))
-    parser.add_argument("--model", default=str(ROOT / "infer" / "models" / "default.onnx"))
-    parser.add_argument("--repeats", type=int, default=3)
+    parser = common.parser(__doc__, repeats=3)
     args = parser.parse_args()
     folders = build_folders(args.data_dir)
-    exe = shutil.which("mnist-infer", path=os.path.dirname(sys.executable)) or "mnist-infer"
+    exe = common.mnist_infer_exe()
     csv_out = str(OUT / "rows.csv")
     counts = {"png": 10000, "jpg": 1000, "jpgnoisy": 1000, "png100k": 100000}
 

@@ -8,15 +8,15 @@ full preprocessing and with `--preprocess none` (a plain resize), and the MNIST 
 """
 from __future__ import annotations
 
-import argparse
 import os
 import shutil
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-OUT = ROOT / "bench" / "out"
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench import common  # noqa: E402
+from bench.common import OUT, ROOT  # noqa: E402
 
 
 def main() -> None:
@@ -25,9 +25,7 @@ def main() -> None:
     from infer.pipeline import classify_paths
     from trainer.data import load_mnist
 
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data-dir", default=os.environ.get("MNIST_DATA", str(ROOT.parent / "shared" / "data" / "mnist")))
-    parser.add_argument("--model", default=str(ROOT / "infer" / "models" / "default.onnx"))
+    parser = common.parser(__doc__)
     parser.add_argument("--per-kind", type=int, default=500)
     args = parser.parse_args()
     data = load_mnist(args.data_dir, download=False)

@@ -7,27 +7,23 @@ its figures include Ray's start-up; peak RSS is the whole process tree (driver, 
 """
 from __future__ import annotations
 
-import argparse
 import os
-import shutil
 import statistics
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.infer_throughput import OUT, build_folders, timed  # noqa: E402
+from bench import common  # noqa: E402
+from bench.common import OUT  # noqa: E402
+from bench.infer_throughput import build_folders, timed  # noqa: E402
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data-dir", default=os.environ.get("MNIST_DATA", str(ROOT.parent / "shared" / "data" / "mnist")))
-    parser.add_argument("--model", default=str(ROOT / "infer" / "models" / "default.onnx"))
-    parser.add_argument("--repeats", type=int, default=1)
+    parser = common.parser(__doc__, repeats=1)
     args = parser.parse_args()
     folders = build_folders(args.data_dir)
-    exe = shutil.which("mnist-infer", path=os.path.dirname(sys.executable)) or "mnist-infer"
+    exe = common.mnist_infer_exe()
     csv_out = str(OUT / "rows.csv")
     rows = []
     for kind, n in (("png", 10000), ("png100k", 100000)):

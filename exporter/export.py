@@ -4,7 +4,6 @@ from __future__ import annotations
 import contextlib
 import io
 import json
-import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path

@@ -8,7 +8,6 @@ import os
 import shutil
 import subprocess
 import sys
-import zlib
 from pathlib import Path
 
 import numpy as np
@@ -19,9 +18,9 @@ from PIL import Image
 
 from infer import contract as C
 from infer.cli import main
-from infer.engine import Classifier, ModelError, ProviderError
+from infer.engine import Classifier, ProviderError
 from infer.pipeline import classify_paths
-from infer.preprocess import ImageError, is_mnist_format, load_digit, to_mnist
+from infer.preprocess import ImageError, is_mnist_format, to_mnist
 
 ROOT = Path(__file__).resolve().parent.parent
 
