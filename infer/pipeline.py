@@ -9,6 +9,7 @@ from __future__ import annotations
 import itertools
 import multiprocessing
 import os
+import signal
 import sys
 from collections import deque
 from dataclasses import dataclass
@@ -64,6 +65,11 @@ def _chunks(items: Iterator, size: int) -> Iterator[list]:
         yield chunk
 
 
+def _ignore_sigint() -> None:
+    # Ctrl-C is the main process's to handle: it terminates the pool and removes the partial output.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 class Decoder:
     """Runs decode_chunk in-process or in a pool of worker processes, in order, with bounded memory."""
 
@@ -72,7 +78,7 @@ class Decoder:
         self.pool = None
         if workers > 0:
             method = "fork" if sys.platform.startswith("linux") else "spawn"
-            self.pool = multiprocessing.get_context(method).Pool(workers)
+            self.pool = multiprocessing.get_context(method).Pool(workers, initializer=_ignore_sigint)
 
     def stream(self, tasks: Iterator[tuple]) -> Iterator[tuple[np.ndarray, list[str | None]]]:
         """Results of decode_chunk over `tasks`, in order. With a pool, the first tasks are submitted

@@ -407,3 +407,30 @@ def test_fast_png_path_matches_pillow(mnist_pngs, tmp_path):
     (tmp_path / "cut.png").write_bytes(data[: len(data) - 30])
     with pytest.raises(ImageError):
         read_grey(tmp_path / "cut.png")
+
+
+def test_real_ctrl_c_mid_run(mnist_pngs, exported, tmp_path):
+    """SIGINT to the whole process group while rows are being written: exit 130, no output, no tracebacks."""
+    import signal
+    import time
+
+    big = tmp_path / "big"
+    for copy in range(3):
+        for src in mnist_pngs.rglob("*.png"):
+            dst = big / str(copy) / src.parent.name / src.name
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            os.link(src, dst)
+    out = tmp_path / "out.csv"
+    exe = shutil.which("mnist-infer", path=os.path.dirname(sys.executable))
+    proc = subprocess.Popen([exe, str(big), "-m", str(exported), "-o", str(out), "-q", "--workers", "2"],
+                            start_new_session=True, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while not list(tmp_path.glob(".out.csv.*.tmp")) and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert proc.poll() is None, "finished before it could be interrupted"
+    os.killpg(proc.pid, signal.SIGINT)
+    assert proc.wait(timeout=30) == 130
+    err = proc.stderr.read()
+    proc.stderr.close()
+    assert "interrupted" in err and "Traceback" not in err
+    assert not out.exists() and not list(tmp_path.glob(".out.csv*"))
