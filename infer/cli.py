@@ -19,6 +19,7 @@ Examples:
   mnist-infer labelled/ --report report/        # folders named 0-9 are labels: accuracy,
                                                 # per-class precision/recall, confusion matrix
   mnist-infer --doctor                          # ONNX Runtime, providers, CUDA libraries
+  mnist-infer /shared/scans --engine ray --ray-address auto -o rows.csv   # on a Ray cluster
 
 \b
 Every image gets one row: path, prediction, confidence (and alternatives with
