@@ -98,9 +98,7 @@ def main(checkpoint, output, report, opset, atol, rtol, providers, data_dir, no_
                    "and its metadata says so.", err=True)
     try:
         result = export_onnx(checkpoint, output, config)
-    except CheckpointError as exc:
-        raise click.ClickException(str(exc)) from None
-    except ProviderError as exc:
+    except (CheckpointError, ProviderError) as exc:
         raise click.ClickException(str(exc)) from None
     except VerificationError as exc:
         _write_report(report_path, {"checkpoint": str(checkpoint), "output": None, **exc.report.to_dict()})

@@ -29,7 +29,6 @@ MAX_PIXELS = 120_000_000  # larger images are refused from their header, before 
 MAX_FILE_BYTES = 256 * 1024 * 1024
 MIN_HAZE_CUT = 0.15  # ink below this fraction of the contrast is haze (paper texture, JPEG ringing)
 DRAFT_SIZE = 2 * IMAGE_SIZE  # JPEGs are decoded at the smallest 1/2^k scale that keeps this many pixels
-MODES = ("mnist", "none")
 
 EXIF_ORIENTATION = 0x0112
 

@@ -233,21 +233,22 @@ def train(
 
     mean, std = (MNIST_MEAN, MNIST_STD) if recipe.normalise else (0.0, 1.0)
     train_idx, val_idx = split_validation(len(data.train_images), config.val_size, config.seed)
-    x_train = prepare_pixels(data.train_images[train_idx], mean, std, device)
+    train_u8 = data.train_images[train_idx]
     y_train = data.train_labels[train_idx].to(device)
     x_val = prepare_pixels(data.train_images[val_idx], mean, std, device)
     y_val = data.train_labels[val_idx].to(device)
-    n_probe = min(len(x_train), 10000)  # training accuracy is tracked on a fixed sample, for speed
+    n_probe = min(len(train_u8), 10000)  # training accuracy is tracked on a fixed sample, for speed
+    x_probe, y_probe = prepare_pixels(train_u8[:n_probe], mean, std, device), y_train[:n_probe]
     onehot = torch.nn.functional.one_hot(y_train, config.model.num_classes).float()
 
     model = build_model(config.model).to(device)
     flat = FlatMLP(model, recipe.batch_size)
     opt = FlatOptimizer(recipe, flat.theta, flat.grad)
-    bs, n = recipe.batch_size, len(x_train)
-    xbuf = torch.empty(bs, x_train.shape[1], device=device)
-    shifter = None
-    if recipe.shift:
-        shifter = ShiftedGather(data.train_images[train_idx].to(device), recipe.shift, mean, std, config.seed, bs)
+    bs, n = recipe.batch_size, len(train_u8)
+    # Batches come either from the shifted uint8 table (augmentation) or from the float images.
+    shifter = ShiftedGather(train_u8.to(device), recipe.shift, mean, std, config.seed, bs) if recipe.shift else None
+    x_train = prepare_pixels(train_u8, mean, std, device) if shifter is None else None
+    xbuf = torch.empty(bs, IMAGE_SIZE * IMAGE_SIZE, device=device)
     ybuf = torch.empty(bs, onehot.shape[1], device=device)
     total_steps = recipe.epochs * math.ceil(n / bs)
     step = 0
@@ -280,7 +281,7 @@ def train(
         stats = EpochStats(
             epoch=epoch,
             loss=loss_total.item() / n,
-            train_accuracy=(predict_classes(model, x_train[:n_probe]) == y_train[:n_probe]).float().mean().item(),
+            train_accuracy=(predict_classes(model, x_probe) == y_probe).float().mean().item(),
             val_accuracy=val_acc,
             lr=lr,
             seconds=time.perf_counter() - t0,
