@@ -79,7 +79,7 @@ def main(checkpoint, output, report, opset, atol, rtol, providers, data_dir, no_
         report_path = report or check_path.with_name(check_path.name + ".check.json")
         try:
             ckpt = load_checkpoint(checkpoint)
-            result = verify_export(check_path.read_bytes(), ckpt, config, load_test_set(data_dir))
+            result = verify_export(check_path.read_bytes(), ckpt, config, load_test_set(data_dir, deskewed=ckpt.deskew))
         except (CheckpointError, ProviderError) as exc:
             raise click.ClickException(str(exc)) from None
         _write_report(report_path, result.to_dict())

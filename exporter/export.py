@@ -13,7 +13,7 @@ import numpy as np
 from infer import contract as C
 from infer.atomic import atomic_path
 from infer.engine import make_session
-from infer.preprocess import to_model_input
+from infer.preprocess import deskew, to_model_input
 from trainer.checkpoint import Checkpoint, load_checkpoint
 
 EDGE_SEED = 1234
@@ -204,15 +204,17 @@ def _ort_outputs(session, pixels: np.ndarray, batch: int) -> dict[str, np.ndarra
     return {name: np.concatenate([p[k] for p in parts]) for k, name in enumerate(C.OUTPUT_NAMES)}
 
 
-def load_test_set(data_dir) -> tuple[np.ndarray, np.ndarray] | None:
-    """MNIST test pixels [N,1,28,28] and labels, or None when the data is not on disk."""
+def load_test_set(data_dir, deskewed: bool = False) -> tuple[np.ndarray, np.ndarray] | None:
+    """MNIST test pixels [N,1,28,28] float32 in [0,1] (deskewed when the model reads deskewed digits)
+    and labels int64 [N], or None when the data is not on disk."""
     from trainer.data import DataError, load_mnist
 
     try:
         data = load_mnist(data_dir, download=False)
     except DataError:
         return None
-    return to_model_input(data.test_images.numpy()), data.test_labels.numpy()
+    images = data.test_images.numpy()
+    return to_model_input(deskew(images) if deskewed else images), data.test_labels.numpy()
 
 
 def verify_export(onnx_bytes: bytes, ckpt: Checkpoint, config: ExportConfig,
@@ -271,7 +273,7 @@ def add_metadata(proto, ckpt: Checkpoint, opset: int, report: VerificationReport
     props = {
         C.META_FORMAT: C.META_FORMAT_VALUE,
         C.META_LABELS: json.dumps(list(ckpt.data["labels"])),
-        C.META_INPUT: json.dumps(C.INPUT_LAYOUT, sort_keys=True),
+        C.META_INPUT: json.dumps(C.input_layout(ckpt.deskew), sort_keys=True),
         C.META_SOURCE_SHA256: ckpt.sha256,
         C.META_SOURCE_TEST_ACCURACY: json.dumps(ckpt.test_accuracy),
         C.META_MODEL_CONFIG: json.dumps({**ckpt.config.to_dict(), "normalisation": ckpt.data["normalisation"]},
@@ -305,7 +307,7 @@ def export_onnx(checkpoint_path, out_path, config: ExportConfig, test_set="load"
     if config.verify:
         t1 = time.perf_counter()
         if isinstance(test_set, str):
-            test_set = load_test_set(config.data_dir)
+            test_set = load_test_set(config.data_dir, deskewed=ckpt.deskew)
         report = verify_export(proto.SerializeToString(), ckpt, config, test_set)
         seconds["verify"] = time.perf_counter() - t1
         if not report.passed:

@@ -18,6 +18,9 @@ _LAZY = {
     "Prediction": "infer.pipeline",
     "load_digit": "infer.preprocess",
     "to_mnist": "infer.preprocess",
+    "prepare_file": "infer.preprocess",
+    "Prepared": "infer.preprocess",
+    "deskew": "infer.preprocess",
     "ImageError": "infer.preprocess",
 }
 

@@ -43,4 +43,22 @@ INPUT_LAYOUT = {
     "scale": "[0, 1] (uint8 / 255)",
     "ink": "white-on-black",
     "centring": "digit fitted in a 20x20 box keeping aspect ratio, centred by centre of mass in 28x28",
+    # Deskewed by image moments after the MNIST layout step (infer.preprocess.deskew). A model file
+    # without this key was made before deskewing existed: it reads undeskewed digits.
+    "deskew": False,
 }
+
+
+def input_layout(deskew: bool) -> dict:
+    """The `mnist.input` metadata of a model trained on (deskewed or plain) MNIST-layout digits."""
+    return {**INPUT_LAYOUT, "deskew": bool(deskew)}
+
+
+# What preprocessing noticed and worked around, one code each: the `warning` column joins them with
+# WARNING_SEPARATOR. Codes are stable (users sort and filter by them); their meaning is in README.md.
+WARNING_SEPARATOR = ";"
+WARN_LINES_REMOVED = "lines-removed"  # ruled, grid or form lines, or a box, taken away from the digit
+WARN_THIN_STROKES = "thin-strokes"  # strokes far thinner than MNIST's, thickened
+WARN_FAINT_INK = "faint-ink"  # little contrast between ink and paper
+WARN_SEVERAL_DIGITS = "several-digits"  # two or more digit-sized marks side by side
+WARN_LOW_CONFIDENCE = "low-confidence"  # the model's confidence is below --min-confidence

@@ -107,6 +107,11 @@ class ModelInfo:
     metadata: dict[str, str]
 
     @property
+    def deskew(self) -> bool:
+        """The model reads deskewed digits (infer.preprocess.deskew after the MNIST layout step)."""
+        return bool(json.loads(self.metadata.get(C.META_INPUT, "{}")).get("deskew", False))
+
+    @property
     def verification(self) -> dict | None:
         raw = self.metadata.get(C.META_VERIFICATION)
         return json.loads(raw) if raw else None
@@ -172,6 +177,7 @@ class Classifier:
         self.info = check_contract(self.session, os.fspath(path))
         self.provider = session_provider(self.session)
         self.labels = self.info.labels
+        self.deskew = self.info.deskew  # callers deskew MNIST-layout digits before predict() when True
         self._want = [C.PROBS_NAME] if C.PROBS_NAME in self.info.outputs else [C.LOGITS_NAME]
 
     def predict(self, pixels: np.ndarray) -> np.ndarray:

@@ -19,7 +19,7 @@ import numpy as np
 
 from infer.contract import IMAGE_SIZE
 from infer.files import Listed, walk_images
-from infer.preprocess import ImageError, load_digit
+from infer.preprocess import ImageError, deskew, load_digit
 
 CHUNK = 256  # paths per worker task
 INFLIGHT_PER_WORKER = 4
@@ -167,6 +167,8 @@ def classify_paths(
         for digits, errors in results:
             chunk = pending_paths.popleft()
             ok = [i for i, e in enumerate(errors) if e is None]
+            if ok and getattr(classifier, "deskew", False):
+                digits[ok] = deskew(digits[ok])  # the model was trained on deskewed digits
             if ok:
                 probs = classifier.predict(digits[ok].astype(np.float32) / 255.0)
                 order = np.argsort(-probs, axis=1, kind="stable")[:, :k]

@@ -18,6 +18,7 @@ import io
 import os
 import struct
 import warnings
+from dataclasses import dataclass
 from typing import BinaryIO
 
 import numpy as np
@@ -264,6 +265,47 @@ def to_mnist(grey: np.ndarray) -> np.ndarray:
     return out
 
 
+_CENTRE = IMAGE_SIZE / 2  # MNIST's centre of mass sits at pixel coordinate 14 (is_mnist_format)
+
+
+def _deskew_one(digit: np.ndarray) -> np.ndarray:
+    import cv2
+
+    m = cv2.moments(digit)
+    if m["m00"] <= 0:
+        return np.zeros_like(digit)
+    cy, cx = m["m01"] / m["m00"], m["m10"] / m["m00"]
+    alpha = m["mu11"] / m["mu02"] if m["mu02"] > 1e-6 else 0.0
+    # Output pixel (oy, ox) reads input (oy - 14 + cy, ox - 14 + cx + alpha * (oy - 14)).
+    to_source = np.array([[1.0, alpha, cx - _CENTRE - alpha * _CENTRE], [0.0, 1.0, cy - _CENTRE]])
+    return cv2.warpAffine(digit, to_source, (IMAGE_SIZE, IMAGE_SIZE),
+                          flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+
+
+def deskew(digits: np.ndarray) -> np.ndarray:
+    """Straighten slanted digits by their image moments: uint8 [28,28] or [N,28,28] -> the same, uint8.
+
+    For the models whose metadata asks for it (`mnist.input` "deskew": true), after the MNIST layout
+    step: handwriting slants, and a slanted 1 or 7 is a different picture to a small MLP. Each image's
+    centre of mass moves to (14, 14) and its rows are sheared by alpha = cov(row, col) / var(row)
+    (central moments mu11 / mu02), so the principal axis becomes vertical; bilinear resampling
+    (OpenCV's warpAffine: coordinates in 1/32 pixel), zeros outside. An empty image stays empty.
+    The method is the moment-based deslanting of LeCun et al. (1998), section III.C; with float
+    coordinates it is scipy's affine_transform(image, [[1, 0], [alpha, 1]], order=1,
+    offset=centre_of_mass - matrix @ (14, 14), mode="grid-constant"), which this matches within one
+    grey level (tests/test_preprocess.py).
+    The trainer deskews with this function too (tests/test_train.py checks its batched copy).
+    """
+    digits = np.asarray(digits, dtype=np.uint8)
+    if digits.ndim == 2:
+        return _deskew_one(digits)
+    flat = digits.reshape(-1, IMAGE_SIZE, IMAGE_SIZE)
+    out = np.empty_like(flat)
+    for i, digit in enumerate(flat):
+        out[i] = _deskew_one(digit)
+    return out.reshape(digits.shape)
+
+
 def resize_raw(grey: np.ndarray) -> np.ndarray:
     """`--preprocess none`: the whole image resized to 28x28, nothing else."""
     if grey.shape == (IMAGE_SIZE, IMAGE_SIZE):
@@ -271,7 +313,30 @@ def resize_raw(grey: np.ndarray) -> np.ndarray:
     return np.asarray(Image.fromarray(grey).resize((IMAGE_SIZE, IMAGE_SIZE), Image.BILINEAR))
 
 
+@dataclass(frozen=True)
+class Prepared:
+    """What preprocessing made of one image: its digit(s) in MNIST's layout, and what it noticed."""
+
+    digits: np.ndarray  # uint8 [k,28,28], k >= 1, left to right; k > 1 only when asked for several digits
+    warnings: tuple[str, ...] = ()  # infer.contract.WARN_* codes, in the order the steps fired
+
+
+def prepare(grey: np.ndarray, *, multi_digit: bool = False) -> Prepared:
+    """A uint8 grey image -> Prepared (MNIST layout; deskewing is the model's business, not done here).
+
+    Raises ImageError when there is no digit to read.
+    """
+    return Prepared(to_mnist(grey)[None])
+
+
+def prepare_file(source: str | os.PathLike | BinaryIO, mode: str = "mnist", *, multi_digit: bool = False) -> Prepared:
+    """Image file -> Prepared: MNIST-layout digit(s), or with mode='none' the whole image resized to 28x28."""
+    grey = read_grey(source, mode)
+    if mode == "mnist":
+        return prepare(grey, multi_digit=multi_digit)
+    return Prepared(resize_raw(grey)[None])
+
+
 def load_digit(source: str | os.PathLike | BinaryIO, mode: str = "mnist") -> np.ndarray:
     """Image file -> uint8 [28,28] model-ready digit (MNIST layout, or a raw resize with mode='none')."""
-    grey = read_grey(source, mode)
-    return to_mnist(grey) if mode == "mnist" else resize_raw(grey)
+    return prepare_file(source, mode).digits[0]

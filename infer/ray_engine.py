@@ -18,6 +18,7 @@ import numpy as np
 
 from infer.files import Listed, walk_images
 from infer.pipeline import Prediction, decode_chunk
+from infer.preprocess import deskew
 
 
 class RayUnavailable(Exception):
@@ -68,15 +69,19 @@ class _OnnxStage:
         ok = np.array([e == "" for e in batch["error"]], dtype=bool)
         top_idx = np.full((n, self.k), -1, np.int64)
         top_p = np.zeros((n, self.k), np.float32)
+        pixels = batch["pixels"]
         if ok.any():
-            probs = self.clf.predict(batch["pixels"][ok].astype(np.float32) / 255.0)
+            if self.clf.deskew:  # the model was trained on deskewed digits
+                pixels = pixels.copy()
+                pixels[ok] = deskew(pixels[ok])
+            probs = self.clf.predict(pixels[ok].astype(np.float32) / 255.0)
             order = np.argsort(-probs, axis=1, kind="stable")[:, : self.k]
             top_idx[ok] = order
             top_p[ok] = np.take_along_axis(probs, order, axis=1)
         out = {"index": batch["index"], "path": batch["path"], "error": batch["error"],
                "top_idx": top_idx, "top_p": top_p}
         if "pixels" in batch:
-            out["pixels"] = batch["pixels"]
+            out["pixels"] = pixels  # as the model saw them
         return out
 
 

@@ -252,3 +252,41 @@ def test_installed_command(trained, tmp_path, mnist_dir):
     assert "[torch.onnx]" not in proc.stdout
     mod = subprocess.run([sys.executable, "-m", "exporter", "--help"], capture_output=True, text=True)
     assert mod.returncode == 0 and "Examples" in mod.stdout
+
+
+def test_deskew_travels_from_checkpoint_to_model_to_infer(trained, tmp_path, mnist_dir, mnist_pngs):
+    """A checkpoint that reads deskewed digits: the export records it and is proved on deskewed test
+    digits; mnist-infer deskews for it, so the MNIST PNGs score exactly the proof's accuracy."""
+    from infer.cli import main as infer_main
+    from infer.engine import Classifier
+    from infer.preprocess import deskew
+
+    ckpt = torch.load(trained, weights_only=True)
+    assert ckpt["preprocessing"] == {"deskew": False}
+    ckpt["preprocessing"] = {"deskew": True}
+    source = tmp_path / "deskewed.pt"
+    torch.save(ckpt, source)
+    out = tmp_path / "deskewed.onnx"
+    assert run([source, "-o", out, "--data-dir", mnist_dir, "-q"]).exit_code == 0
+    meta = {p.key: p.value for p in onnx.load(str(out)).metadata_props}
+    assert json.loads(meta[C.META_INPUT])["deskew"] is True
+    proof = json.loads(meta[C.META_VERIFICATION])["test_set"]
+
+    # The proof's accuracy is the accuracy on deskewed digits, computed independently here.
+    session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    from trainer.data import load_mnist
+
+    mnist = load_mnist(mnist_dir, download=False)
+    pixels = deskew(mnist.test_images.numpy()).astype(np.float32)[:, None] / 255
+    (logits,) = session.run(["logits"], {"pixels": pixels})
+    assert proof["accuracy_ort"] == float((logits.argmax(1) == mnist.test_labels.numpy()).mean())
+    assert Classifier(out, provider="cpu").deskew is True
+
+    result = CliRunner().invoke(infer_main, [str(mnist_pngs), "-m", str(out), "-q", "-o", str(tmp_path / "rows.csv")])
+    assert result.exit_code == 0, result.output
+    import csv
+
+    with open(tmp_path / "rows.csv", newline="") as f:
+        table = list(csv.DictReader(f))
+    assert len(table) == 10000
+    assert sum(r["prediction"] == r["label"] for r in table) / 10000 == proof["accuracy_ort"]

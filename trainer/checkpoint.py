@@ -39,6 +39,11 @@ class Checkpoint:
         return float(self.data["normalisation"]["std"])
 
     @property
+    def deskew(self) -> bool:
+        """Whether the network was trained on deskewed digits (infer.preprocess.deskew)."""
+        return bool(self.data.get("preprocessing", {}).get("deskew", False))
+
+    @property
     def test_accuracy(self) -> float | None:
         return self.data.get("metrics", {}).get("test_accuracy")
 
@@ -67,14 +72,20 @@ def checkpoint_dict(
     history: list[dict],
     metrics: dict,
     data: dict,
+    deskew: bool = False,
 ) -> dict:
-    """Assemble the checkpoint (format version, config, weights, normalisation, labels, provenance)."""
+    """Assemble the checkpoint (format version, config, weights, normalisation, labels, provenance).
+
+    `preprocessing.deskew`: the network reads deskewed digits; the exporter records it in the ONNX
+    metadata and mnist-infer applies the same deskew. Older checkpoints lack the key: not deskewed.
+    """
     return {
         "format": CHECKPOINT_FORMAT,
         "format_version": CHECKPOINT_VERSION,
         "model_config": model.config.to_dict(),
         "state_dict": {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
         "normalisation": {"mean": float(mean), "std": float(std)},
+        "preprocessing": {"deskew": bool(deskew)},
         "labels": list(LABELS),
         "recipe": recipe,
         "training": training,
