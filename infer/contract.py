@@ -62,3 +62,7 @@ WARN_THIN_STROKES = "thin-strokes"  # strokes far thinner than MNIST's, thickene
 WARN_FAINT_INK = "faint-ink"  # little contrast between ink and paper
 WARN_SEVERAL_DIGITS = "several-digits"  # two or more digit-sized marks side by side
 WARN_LOW_CONFIDENCE = "low-confidence"  # the model's confidence is below --min-confidence
+
+# Rows whose confidence is below this get WARN_LOW_CONFIDENCE (`mnist-infer --min-confidence`).
+# Provisional: chosen on bench/real_world.py, where the preprocessing's misreads concentrate below it.
+DEFAULT_MIN_CONFIDENCE = 0.5
