@@ -66,6 +66,9 @@ def doctor_report() -> str:
     if preload.done:
         lines.extend(f"  {os.path.basename(p)}: {p}" for p in preload.libraries)
         lines.extend(f"  preload said: {m}" for m in preload.messages)
+        if any(m.startswith("Failed to load") for m in preload.messages):
+            lines.append("  missing CUDA/cuDNN libraries: pip install 'mnist-toolkit[cuda]' brings them "
+                         "(onnxruntime-gpu[cuda,cudnn])")
     lines.append("CUDA libraries on disk:")
     for lib in CUDA_LIBS:
         lines.append(f"  lib{lib}: {_find(lib)}")
