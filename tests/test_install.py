@@ -68,7 +68,7 @@ def test_inference_only_install(tmp_path):
         result = _run(venv, [command, *args], work)
         assert result.returncode == 1, (command, result.stderr)
         assert result.stderr.strip() == (f"Error: {command} needs the 'train' extra (torch"
-                                          + (", torchvision, matplotlib" if command == "mnist-train" else ", onnx, onnxscript")
+                                          + (", matplotlib" if command == "mnist-train" else ", onnx, onnxscript")
                                           + " not installed): pip install 'mnist-toolkit[train]'"), result.stderr
 
     # onnxruntime-gpu without the CUDA libraries (no `cuda` extra, no torch) on a machine without a
