@@ -380,7 +380,8 @@ class Classifier:
         except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph/... types
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             if "Protobuf parsing failed" in first:
-                raise ModelError(f"{path} is not an ONNX model (ONNX Runtime: {first[:200]})") from None
+                raise ModelError(f"{path} is not an ONNX model: ONNX Runtime cannot load it (Protobuf parsing "
+                                 "failed)") from None
             raise ModelError(f"{path}: ONNX Runtime cannot load it: {first[:300]}") from None
         self.path = path
         self.notes: list[str] = []
