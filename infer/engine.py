@@ -135,6 +135,7 @@ class ModelInfo:
     layout: str = "nchw"  # a key of LAYOUTS
     output_name: str = C.LOGITS_NAME
     output_kind: str = "logits"  # "logits" (predict applies softmax) or "probs"
+    output_rule: str = "the mnist-toolkit contract"  # why output_kind was chosen (see _output_kind)
     batch_size: int | None = None  # the input's fixed batch dimension; None when it is dynamic
     foreign: bool = False  # no mnist-toolkit metadata: the input layout below is assumed or given
     input_scale: int = 1  # the model reads pixel values in [0, input_scale]
@@ -278,8 +279,8 @@ def inspect_foreign(session, path: str, input_scale: int, ink: str) -> ModelInfo
     values = np.asarray(values)
     if values.shape != (batch, C.NUM_CLASSES):
         raise _not_a_digit_classifier(path, f"its output {output.name!r} is {list(values.shape)} for a batch of {batch}")
-    kind, _ = _output_kind(output.name, values)
-    return replace(info, output_kind=kind)
+    kind, why = _output_kind(output.name, values)
+    return replace(info, output_kind=kind, output_rule=why)
 
 
 def _feed(info: ModelInfo, pixels: np.ndarray) -> np.ndarray:
@@ -289,9 +290,12 @@ def _feed(info: ModelInfo, pixels: np.ndarray) -> np.ndarray:
         x = 1.0 - x
     if info.input_scale != 1:
         x = x * np.float32(info.input_scale)
-    n = len(x)
-    x = {"nchw": lambda: x[:, None], "nhwc": lambda: x[..., None], "nhw": lambda: x,
-         "flat": lambda: x.reshape(n, FLAT)}[info.layout]()
+    if info.layout == "nchw":
+        x = x[:, None]
+    elif info.layout == "nhwc":
+        x = x[..., None]
+    elif info.layout == "flat":
+        x = x.reshape(len(x), FLAT)
     return np.ascontiguousarray(x, dtype=info.dtype)
 
 
@@ -409,7 +413,7 @@ class Classifier:
                  if info.batch_size else "")
         return [f"{self.path}: no mnist-toolkit metadata; {layout}",
                 f"{self.path}: input {info.input_name!r} {_shape_text(info.input_shape)}, output {info.output_name!r} "
-                f"read as {info.output_kind}, index i = digit i{batch}"]
+                f"read as {info.output_kind} ({info.output_rule}), index i = digit i{batch}"]
 
     def predict(self, pixels: np.ndarray) -> np.ndarray:
         """Class probabilities float32 [N,10] for MNIST-format pixels float32 [N,28,28] or [N,1,28,28]
