@@ -1,6 +1,7 @@
 """mnist-export: checkpoint -> verified model.onnx (thin: parse, call the library, report)."""
 from __future__ import annotations
 
+import importlib.util
 import json
 import sys
 from pathlib import Path
@@ -68,6 +69,10 @@ def _write_report(path: Path, payload: dict) -> None:
 @click.option("--quiet", "-q", is_flag=True, help="No table on stderr.")
 def main(checkpoint, output, report, opset, atol, rtol, providers, data_dir, no_verify, check_path, force, quiet):
     """Export CHECKPOINT (a model.pt from mnist-train) to ONNX and prove ONNX Runtime computes what PyTorch does."""
+    missing = [m for m in ("torch", "onnx", "onnxscript") if importlib.util.find_spec(m) is None]
+    if missing:  # an inference-only install: say which extra brings them
+        raise click.ClickException(f"mnist-export needs the 'train' extra ({', '.join(missing)} not installed): "
+                                   "pip install 'mnist-toolkit[train]'")
     from exporter.export import ExportConfig, VerificationError, export_onnx, load_test_set, verify_export
     from infer.engine import ProviderError
     from trainer.checkpoint import CheckpointError, load_checkpoint

@@ -160,6 +160,14 @@ def build_onnx(ckpt: Checkpoint, opset: int = 18):
             verbose=False,
         )
     proto = program.model_proto
+    # The exporter lists every initializer in value_info too. That copy is redundant (an initializer
+    # carries its own dims) and goes stale when a tool rewrites a weight: onnxruntime's quantizer
+    # transposes the Gemm weights, then shape inference fails on "(784) vs (16)". Keep value_info
+    # for computed tensors only.
+    weights = {t.name for t in proto.graph.initializer}
+    kept = [v for v in proto.graph.value_info if v.name not in weights]
+    del proto.graph.value_info[:]
+    proto.graph.value_info.extend(kept)
     strip_debug_metadata(proto)
     return proto
 

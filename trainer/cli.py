@@ -1,6 +1,7 @@
 """mnist-train: the command-line face of the trainer (thin: parse, call the library, report)."""
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import sys
@@ -94,6 +95,10 @@ def _bar(done: int, total: int, width: int = 20) -> str:
 def main(recipe, epochs, lr, batch_size, optimizer, weight_decay, momentum, schedule, normalise, shift, hidden,
          activation, seed, val_size, keep, device, threads, data_dir, no_download, out, force, no_plots, quiet):
     """Train the 784-16-16-10 sigmoid digit classifier on MNIST and write a self-describing model.pt."""
+    missing = [m for m in ("torch", *(() if no_plots else ("matplotlib",))) if importlib.util.find_spec(m) is None]
+    if missing:  # an inference-only install: say which extra brings them
+        raise click.ClickException(f"mnist-train needs the 'train' extra ({', '.join(missing)} not installed): "
+                                   "pip install 'mnist-toolkit[train]'")
     t_wall = time.perf_counter()
     outputs = [out, out.with_name("metrics.json")]
     if not no_plots:
