@@ -6,6 +6,7 @@ import io
 import json
 import time
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -175,7 +176,7 @@ class ExportResult:
     def verified(self) -> bool:
         return check_status(self.report)[0]
 
-    def to_dict(self, checkpoint, output) -> dict:
+    def to_dict(self, checkpoint: Path, output: Path) -> dict:
         """The report file's content (the proof, the source's format, the alternatives scored)."""
         verified, status = check_status(self.report)
         payload = {"checkpoint": str(checkpoint), "output": str(output), "sha256": self.sha256,

@@ -198,11 +198,20 @@ def load_source(path: str | Path, options: ImportOptions = ImportOptions()) -> S
     if not kind.readable:
         raise CheckpointError(kind.refusal(path))
     if kind.name == "safetensors":
-        return _import(path, read_safetensors(path), "safetensors", options)
-    data = read_torch_file(path, kind)
-    if isinstance(data, Mapping) and data.get("format") == C.CHECKPOINT_FORMAT:
-        return _own(path, options)
-    return _import(path, data, "torch.save " + ("zip" if kind.name == "torch-zip" else "legacy"), options)
+        data, container = read_safetensors(path), "safetensors"
+    else:
+        data = read_torch_file(path, kind)
+        if isinstance(data, Mapping) and data.get("format") == C.CHECKPOINT_FORMAT:
+            return _own(path, options)
+        container = "torch.save " + ("zip" if kind.name == "torch-zip" else "legacy")
+    try:
+        return _import(path, data, container, options)
+    except CheckpointError:
+        raise
+    except (TypeError, ValueError, AttributeError, IndexError, KeyError, RuntimeError) as exc:
+        # A layout no rule above foresaw: one line, not a traceback.
+        raise UnsupportedModel(f"{path}: could not read an MLP from it ({type(exc).__name__}: {exc}); "
+                               f"{SUPPORTED}") from None
 
 
 def read_torch_file(path: Path, kind: FileKind):
@@ -258,7 +267,7 @@ def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
             raw = bytearray(blob[base + start : base + end])
             flat = torch.frombuffer(raw, dtype=dtypes[info["dtype"]]) if raw else torch.empty(0, dtype=dtypes[info["dtype"]])
             tensors[name] = flat.reshape(info["shape"])
-    except (ValueError, KeyError, TypeError, RuntimeError) as exc:
+    except (ValueError, KeyError, TypeError, AttributeError, RuntimeError) as exc:
         raise CheckpointError(f"{path}: not a readable safetensors file (truncated or corrupt?): {exc}") from None
     return tensors
 
@@ -331,13 +340,17 @@ def _flatten_module(root) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
         seen.add(id(module))
         state = module.state
         classes[prefix.rstrip(".")] = type(module).qualified_name
-        skip = state.get("_non_persistent_buffers_set") or set()
+        # Whatever the file put there is data of unknown type: only real sets, mappings and tensors are read.
+        skip = state.get("_non_persistent_buffers_set")
+        skip = skip if isinstance(skip, (set, frozenset)) else set()
         for store in ("_parameters", "_buffers"):
-            for name, value in (state.get(store) or {}).items():
-                if isinstance(value, torch.Tensor) and name not in skip:
+            entries = state.get(store)
+            for name, value in (entries.items() if isinstance(entries, Mapping) else ()):
+                if isinstance(name, str) and isinstance(value, torch.Tensor) and name not in skip:
                     tensors[prefix + name] = value
-        for name, child in (state.get("_modules") or {}).items():
-            if _is_module(child):
+        children = state.get("_modules")
+        for name, child in (children.items() if isinstance(children, Mapping) else ()):
+            if isinstance(name, str) and _is_module(child):
                 walk(child, f"{prefix}{name}.", depth + 1)
 
     walk(root, "", 0)

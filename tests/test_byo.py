@@ -307,6 +307,24 @@ def saved_as_cuda():
     return on()
 
 
+def test_legacy_format_state_dict_and_pickled_module(seed_net, mnist, tmp_path):
+    """torch.save's pre-1.6 format (`_use_new_zipfile_serialization=False`): a state_dict is read; a pickled
+    module, which that format stores with its source code, is refused with the fix."""
+    path = tmp_path / "old.pt"
+    torch.save(seed_net.state_dict(), path, _use_new_zipfile_serialization=False)
+    result, summary = export([path, "--no-verify", "-q"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(metadata(tmp_path / "old.onnx")[C.META_SOURCE_FORMAT])["container"] == "torch.save legacy"
+    assert_onnx_matches(tmp_path / "old.onnx", seed_net, digits(mnist, 500))
+
+    whole = tmp_path / "old-whole.pt"
+    torch.save(seed_net, whole, _use_new_zipfile_serialization=False)
+    result, _ = export([whole, "--no-verify"])
+    assert result.exit_code == 1 and len(result.stderr.strip().splitlines()) == 1
+    assert "legacy (pre-1.6) format" in result.stderr and "torch.save(model.state_dict()" in result.stderr
+    assert not (tmp_path / "old-whole.onnx").exists()
+
+
 # --- training-loop dicts ---------------------------------------------------------------------------
 
 

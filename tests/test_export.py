@@ -162,6 +162,25 @@ def test_check_against_another_checkpoint_compares_the_recorded_sha256(exported,
     assert not (tmp_path / "model.onnx.check.json").exists()
 
 
+def test_check_against_an_onnx_file_made_elsewhere(trained, tmp_path):
+    """A digit model from elsewhere (the ONNX model zoo's names and fixed shape, no metadata): one line."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    weight = numpy_helper.from_array(np.zeros((784, 10), np.float32), "w")
+    graph = helper.make_graph(
+        [helper.make_node("Reshape", ["Input3", "shape"], ["flat"]), helper.make_node("MatMul", ["flat", "w"], ["Plus214_Output_0"])],
+        "zoo", [helper.make_tensor_value_info("Input3", TensorProto.FLOAT, [1, 1, 28, 28])],
+        [helper.make_tensor_value_info("Plus214_Output_0", TensorProto.FLOAT, [1, 10])],
+        [weight, numpy_helper.from_array(np.array([1, 784], np.int64), "shape")])
+    zoo = tmp_path / "mnist-8.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), str(zoo))
+    result = run([trained, "--check", zoo])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert "records no source checkpoint" in result.stderr
+    assert "inputs ['Input3'] and outputs ['Plus214_Output_0'] are not mnist-export's" in result.stderr
+    assert not (tmp_path / "mnist-8.onnx.check.json").exists()
+
+
 def test_check_takes_an_onnx_file(trained, tmp_path):
     result = run([trained, "--check", trained])
     assert result.exit_code == 1 and "--check takes the ONNX file" in result.stderr and "torch.save file" in result.stderr
