@@ -295,6 +295,14 @@ def _wrong_kind(kind: str, tmp_path: Path, exported: Path) -> tuple[Path, list[s
         path = tmp_path / "model.pt"
         path.write_text("version https://git-lfs.github.com/spec/v1\noid sha256:" + "0" * 64 + "\nsize 52000\n")
         return path, ["a Git LFS pointer", "git lfs pull"]
+    if kind == "npy":
+        path = tmp_path / "weights.npy"
+        np.save(path, np.zeros((16, 784), np.float32))
+        return path, ["a NumPy .npy array"]
+    if kind == "npz":
+        path = tmp_path / "weights.npz"
+        np.savez(path, w1=np.zeros((16, 784), np.float32), b1=np.zeros(16, np.float32))
+        return path, ["a NumPy .npz archive"]
     if kind == "torchscript":
         path = tmp_path / "scripted.pt"
         torch.jit.save(torch.jit.trace(torch.nn.Linear(4, 2), torch.zeros(1, 4)), str(path))
@@ -303,7 +311,8 @@ def _wrong_kind(kind: str, tmp_path: Path, exported: Path) -> tuple[Path, list[s
 
 
 @pytest.mark.filterwarnings("ignore::FutureWarning")  # torch.jit.trace's own deprecation notice
-@pytest.mark.parametrize("kind", ["onnx", "json", "png", "jpeg", "python", "pickle", "lfs", "torchscript"])
+@pytest.mark.parametrize("kind", ["onnx", "json", "png", "jpeg", "python", "pickle", "lfs", "npy", "npz",
+                                  "torchscript"])
 def test_wrong_kind_of_file_gets_the_fix_in_one_line(kind, tmp_path, exported):
     path, words = _wrong_kind(kind, tmp_path, exported)
     before = path.read_bytes()
@@ -316,6 +325,14 @@ def test_wrong_kind_of_file_gets_the_fix_in_one_line(kind, tmp_path, exported):
     assert "mnist-export takes a PyTorch file" in line
     assert "would run code" not in line  # today's misleading words
     assert not (tmp_path / "out.onnx").exists() and path.read_bytes() == before
+
+
+def test_an_onnx_file_is_named_before_its_default_output_clashes(exported, tmp_path):
+    model = tmp_path / "model.onnx"  # its default output would be itself
+    shutil.copy(exported, model)
+    result = run([model])
+    assert result.exit_code == 1 and "an ONNX model" in result.stderr and "already exists" not in result.stderr
+    assert model.read_bytes() == exported.read_bytes()
 
 
 def test_truncated_checkpoint(trained, tmp_path):
