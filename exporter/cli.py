@@ -72,6 +72,15 @@ def _alternatives_table(alternatives) -> str:
     return "\n".join(rows)
 
 
+def _sniff(path: Path):
+    from exporter.filekind import sniff
+
+    try:
+        return sniff(path)
+    except OSError as exc:
+        raise click.ClickException(f"{path}: cannot read: {exc.strerror or exc}") from None
+
+
 def _report_bytes(payload: dict) -> bytes:
     return (json.dumps(payload, indent=2) + "\n").encode()
 
@@ -139,7 +148,6 @@ def main(checkpoint, output, report, activation, input_scale, opset, atol, rtol,
     """Export CHECKPOINT (a model.pt from mnist-train, or your own PyTorch MLP) to ONNX and prove ONNX Runtime
     computes what PyTorch does."""
     from exporter.export import ExportConfig, VerificationError, check_status, export_onnx
-    from exporter.filekind import sniff
     from exporter.foreign import ImportOptions, InputScale
     from infer.engine import ProviderError
     from trainer.checkpoint import CheckpointError
@@ -152,7 +160,7 @@ def main(checkpoint, output, report, activation, input_scale, opset, atol, rtol,
     options = ImportOptions(activation=activation, input_scale=scale)
     config = ExportConfig(opset=opset, verify=not no_verify, atol=atol, rtol=rtol, providers=tuple(dict.fromkeys(providers)),
                           data_dir=data_dir)
-    kind = sniff(checkpoint)
+    kind = _sniff(checkpoint)
     if not kind.readable:
         raise click.ClickException(kind.refusal(checkpoint))
     if check_path is not None:
@@ -224,13 +232,12 @@ def _check(checkpoint: Path, check_path: Path, report: Path | None, options, con
     import onnx
 
     from exporter.export import check_status, load_test_set, verify_export
-    from exporter.filekind import sniff
     from exporter.foreign import ImportOptions, InputScale
     from infer import contract as C
     from infer.engine import ProviderError
     from trainer.checkpoint import CheckpointError, file_sha256
 
-    kind = sniff(check_path)
+    kind = _sniff(check_path)
     if kind.name != "onnx":
         raise click.ClickException(f"{check_path}: {kind.what}; --check takes the ONNX file exported from {checkpoint}")
     report_path = report or check_path.with_name(check_path.name + ".check.json")

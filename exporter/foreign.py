@@ -37,7 +37,7 @@ import torch
 from exporter.filekind import FileKind, sniff
 from infer import contract as C
 from trainer.checkpoint import Checkpoint, CheckpointError, file_sha256, load_checkpoint
-from trainer.model import ACTIVATIONS, ModelConfig, Normalised, build_model
+from trainer.model import ACTIVATIONS, ModelConfig, Normalised
 from trainer.train import MNIST_MEAN, MNIST_STD
 
 SUPPORTED = (f"mnist-export imports MLPs: Linear layers chaining {C.IMAGE_SIZE * C.IMAGE_SIZE} -> ... -> "
