@@ -8,23 +8,37 @@ from pathlib import Path
 
 import click
 
-from infer.atomic import atomic_path
 from infer.contract import TOOL_VERSION
+
+# trainer.model.ACTIVATIONS, spelled out so that --help does not import torch (a test keeps them equal).
+ACTIVATION_CHOICES = ("sigmoid", "relu", "tanh")
 
 EPILOG = """\b
 Examples:
   mnist-export model.pt                        # -> model.onnx + model.onnx.json (the proof)
   mnist-export runs/a/model.pt -o a.onnx --data-dir ../shared/data/mnist
   mnist-export model.pt --verify-provider cpu --verify-provider cuda
-  mnist-export model.pt --check model.onnx     # re-prove an existing file, write nothing
+  mnist-export model.pt --check model.onnx     # re-prove an existing file, write nothing but a report
+  mnist-export mine.pt                         # your own MLP: torch.save(model) or its state_dict
+  mnist-export mine.pt --activation relu --input-scale mnist
+
+\b
+CHECKPOINT: mnist-train's model.pt, or a PyTorch MLP saved elsewhere: a bare
+state_dict (any key names), a training-loop dict holding one ("model_state_dict",
+"state_dict", "model", ...), a whole pickled module (read without running any of
+it), or a .safetensors state_dict. Its Linear layers must chain 784 -> ... -> 10;
+what the weights cannot tell comes from --activation and --input-scale, and the
+report scores the other choices on 1,000 test digits.
 
 \b
 The proof: ONNX Runtime and PyTorch are run on the full MNIST test set (when
 found: --data-dir, else $MNIST_DATA, else the user cache), on all-zeros,
 all-ones and random inputs, and at batch sizes 1, 7 and 1000. Every output must
 agree within --atol + --rtol*|ref| and the argmax must agree on every test
-image, else the command exits 1 and writes no model. Exit codes: 0 verified,
-1 verification or export failed, 2 usage error.
+image, else the command exits 1 and writes no model. The model and its report
+are written together or not at all; existing files need --force.
+Exit codes: 0 written (stdout: one JSON line; "verified" is true only when every
+check ran, the test set included), 1 verification or export failed, 2 usage error.
 """
 
 
@@ -43,9 +57,66 @@ def _table(report) -> str:
     return "\n".join(rows)
 
 
-def _write_report(path: Path, payload: dict) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(payload, indent=2) + "\n")
+def _alternatives_table(alternatives) -> str:
+    """Accuracy per activation (rows) and input scaling (columns), the given reading marked with *."""
+    from exporter.foreign import PLAUSIBLE_SCALES, SCORE_DIGITS
+
+    order = {s: i for i, s in enumerate(PLAUSIBLE_SCALES)}
+    scales = sorted({a.input_scale for a in alternatives}, key=lambda s: order.get(s, len(order)))
+    activations = sorted({a.activation for a in alternatives}, key=ACTIVATION_CHOICES.index)
+    cell = {(a.activation, a.input_scale): a for a in alternatives}
+    rows = [f"accuracy on {SCORE_DIGITS} test digits by activation and --input-scale (* as given):",
+            f"{'':<9}" + "".join(f"{s.name:>10}" for s in scales)]
+    for act in activations:
+        rows.append(f"{act:<9}" + "".join(
+            f"{100 * cell[act, s].accuracy:>8.1f}%{'*' if cell[act, s].given else ' '}" for s in scales))
+    return "\n".join(rows)
+
+
+def _sniff(path: Path):
+    from exporter.filekind import sniff
+
+    try:
+        return sniff(path)
+    except OSError as exc:
+        raise click.ClickException(f"{path}: cannot read: {exc.strerror or exc}") from None
+
+
+def _report_bytes(payload: dict) -> bytes:
+    return (json.dumps(payload, indent=2) + "\n").encode()
+
+
+def _refuse_clashes(checkpoint: Path, outputs: dict[str, Path], force: bool) -> None:
+    """Usage errors before any work: an output that is an input or another output; an existing output without --force."""
+    from exporter.outputs import same_file
+
+    named = list(outputs.items())
+    for flag, path in named:
+        if same_file(path, checkpoint):
+            raise click.UsageError(f"{flag} {path} is the input checkpoint {checkpoint}: choose another name")
+    for i, (flag, path) in enumerate(named):
+        for other_flag, other in named[i + 1 :]:
+            if same_file(path, other):
+                raise click.UsageError(f"{flag} and {other_flag} name the same file {path}")
+    existing = [str(p) for _, p in named if p.exists()]
+    if existing and not force:
+        raise click.UsageError(f"{' and '.join(existing)} already exist{'s' if len(existing) == 1 else ''}; "
+                               "use --force to overwrite")
+
+
+def _commit(files: dict[Path, bytes]) -> None:
+    from exporter.outputs import commit_files
+
+    try:
+        commit_files(files)
+    except OSError as exc:
+        where = exc.filename or ", ".join(map(str, files))
+        raise click.ClickException(f"could not write {where}: {exc.strerror or exc}; nothing was written") from None
+
+
+def _one_line(failures: list[str], report_path: Path) -> str:
+    more = f" (and {len(failures) - 1} more)" if len(failures) > 1 else ""
+    return f"verification failed: {failures[0]}{more}; report: {report_path}"
 
 
 @click.command(epilog=EPILOG, context_settings={"help_option_names": ["-h", "--help"]})
@@ -54,7 +125,13 @@ def _write_report(path: Path, payload: dict) -> None:
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path),
               help="ONNX file to write.  [default: CHECKPOINT with .onnx]")
 @click.option("--report", type=click.Path(dir_okay=False, path_type=Path),
-              help="Verification report (JSON).  [default: OUTPUT.json]")
+              help="Verification report (JSON).  [default: OUTPUT.json; with --check: MODEL.check.json]")
+@click.option("--activation", type=click.Choice(ACTIVATION_CHOICES),
+              help="For a model made elsewhere: the activation between its layers.  "
+                   "[default: what a pickled module's tree shows, else sigmoid (the seed's)]")
+@click.option("--input-scale", "input_scale", metavar="unit|mnist|MEAN,STD",
+              help="For a model made elsewhere: the pixels it was trained on. unit: ToTensor() alone, [0,1]; "
+                   "mnist: Normalize((0.1307,), (0.3081,)); MEAN,STD: Normalize((MEAN,), (STD,)).  [default: unit]")
 @click.option("--opset", type=click.IntRange(min=17, max=23), default=18, show_default=True, help="ONNX opset.")
 @click.option("--atol", type=click.FloatRange(min=0), default=1e-4, show_default=True,
               help="Absolute tolerance (PyTorch float32 vs float64 alone differs by ~2e-5).")
@@ -65,64 +142,151 @@ def _write_report(path: Path, payload: dict) -> None:
 @click.option("--no-verify", is_flag=True, help="Skip the proof (says so loudly; the model records it).")
 @click.option("--check", "check_path", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="Verify this existing ONNX file against CHECKPOINT; write nothing but the report.")
-@click.option("--force", is_flag=True, help="Overwrite an existing output.")
+@click.option("--force", is_flag=True, help="Overwrite existing output files (the model and its report).")
 @click.option("--quiet", "-q", is_flag=True, help="No table on stderr.")
-def main(checkpoint, output, report, opset, atol, rtol, providers, data_dir, no_verify, check_path, force, quiet):
-    """Export CHECKPOINT (a model.pt from mnist-train) to ONNX and prove ONNX Runtime computes what PyTorch does."""
+def main(checkpoint, output, report, activation, input_scale, opset, atol, rtol, providers, data_dir, no_verify,
+         check_path, force, quiet):
+    """Export CHECKPOINT (a model.pt from mnist-train, or your own PyTorch MLP) to ONNX and prove ONNX Runtime
+    computes what PyTorch does."""
     missing = [m for m in ("torch", "onnx", "onnxscript") if importlib.util.find_spec(m) is None]
     if missing:  # an inference-only install: say which extra brings them
         raise click.ClickException(f"mnist-export needs the 'train' extra ({', '.join(missing)} not installed): "
                                    "pip install 'mnist-toolkit[train]'")
-    from exporter.export import ExportConfig, VerificationError, export_onnx, load_test_set, verify_export
+    from exporter.export import ExportConfig, VerificationError, check_status, export_onnx
+    from exporter.foreign import ImportOptions, InputScale
     from infer.engine import ProviderError
-    from trainer.checkpoint import CheckpointError, load_checkpoint
+    from trainer.checkpoint import CheckpointError
 
     log = (lambda msg: None) if quiet else (lambda msg: click.echo(msg, err=True))
+    try:
+        scale = InputScale.parse(input_scale) if input_scale is not None else None
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--input-scale") from None
+    options = ImportOptions(activation=activation, input_scale=scale)
     config = ExportConfig(opset=opset, verify=not no_verify, atol=atol, rtol=rtol, providers=tuple(dict.fromkeys(providers)),
                           data_dir=data_dir)
+    kind = _sniff(checkpoint)
+    if not kind.readable:
+        raise click.ClickException(kind.refusal(checkpoint))
     if check_path is not None:
-        report_path = report or check_path.with_name(check_path.name + ".check.json")
-        try:
-            ckpt = load_checkpoint(checkpoint)
-            result = verify_export(check_path.read_bytes(), ckpt, config, load_test_set(data_dir, deskewed=ckpt.deskew))
-        except (CheckpointError, ProviderError) as exc:
-            raise click.ClickException(str(exc)) from None
-        _write_report(report_path, result.to_dict())
-        log(_table(result))
-        if not result.passed:
-            raise click.ClickException("; ".join(result.failures))
-        log(f"{check_path} verified against {checkpoint}; report: {report_path}")
-        return
+        return _check(checkpoint, check_path, report, options, config, force, log)
 
     output = output or checkpoint.with_suffix(".onnx")
     report_path = report or output.with_name(output.name + ".json")
-    if output.exists() and not force:
-        raise click.UsageError(f"{output} already exists; use --force to overwrite")
-    if no_verify:
-        click.echo("WARNING: --no-verify: NOTHING WAS CHECKED. This ONNX file has not been compared with PyTorch "
-                   "and its metadata says so.", err=True)
+    _refuse_clashes(checkpoint, {"--output": output, "--report": report_path}, force)
     try:
-        result = export_onnx(checkpoint, output, config)
+        source = _load(checkpoint, options, log)
+        if no_verify:
+            click.echo("WARNING: --no-verify: NOTHING WAS CHECKED. This ONNX file has not been compared with PyTorch "
+                       "and its metadata says so.", err=True)
+        result = export_onnx(source, config)
     except (CheckpointError, ProviderError) as exc:
         raise click.ClickException(str(exc)) from None
     except VerificationError as exc:
-        _write_report(report_path, {"checkpoint": str(checkpoint), "output": None, **exc.report.to_dict()})
+        payload = {"checkpoint": str(checkpoint), "output": None, "verified": False,
+                   "check_status": check_status(exc.report)[1], **exc.report.to_dict()}
+        _commit({report_path: _report_bytes(payload)})
         log(_table(exc.report))
-        click.echo(f"Error: {exc}; no model was written (report: {report_path})", err=True)
+        click.echo(f"Error: {_one_line(exc.report.failures, report_path)}; no model was written", err=True)
         sys.exit(1)
     except KeyboardInterrupt:
-        click.echo("interrupted: no model was written", err=True)
+        click.echo("interrupted: nothing was written", err=True)
         sys.exit(130)
 
-    payload = {"checkpoint": str(checkpoint), "output": str(output), "sha256": result.sha256,
-               "seconds": {k: round(v, 3) for k, v in result.seconds.items()}}
+    payload = result.to_dict(checkpoint, output)
+    _commit({output: result.onnx_bytes, report_path: _report_bytes(payload)})
     if result.report is not None:
-        payload.update(result.report.to_dict())
         log(_table(result.report))
         if not result.report.test_set_checked:
             log(f"note: {result.report.note}")
-        _write_report(report_path, payload)
-        log(f"verified: wrote {output} ({result.seconds['total']:.1f}s); report: {report_path}")
+    if result.alternatives:
+        log(_alternatives_table(result.alternatives))
+    elif source.imported and result.report is not None:
+        log("note: the activation and input scaling were not scored (MNIST test set not found)")
+    if result.hint:
+        click.echo(f"hint: {result.hint}", err=True)
+    verified, status = check_status(result.report)
+    if result.report is not None:
+        log(f"{'verified' if verified else 'partly verified'}: wrote {output} ({result.seconds['total']:.1f}s); "
+            f"report: {report_path}")
     else:
-        log(f"wrote {output} UNVERIFIED ({result.seconds['total']:.1f}s)")
-    click.echo(json.dumps({"model": str(output), "verified": result.report is not None, "sha256": result.sha256}))
+        log(f"wrote {output} UNVERIFIED ({result.seconds['total']:.1f}s); report: {report_path}")
+    test = next((c for c in (result.report.checks if result.report else []) if c.name == "test set"), None)
+    click.echo(json.dumps({
+        "model": str(output), "report": str(report_path), "sha256": result.sha256,
+        "source_format": source.format["kind"], "verified": verified, "check_status": status,
+        "test_accuracy": test.accuracy_ort if test else None, "hint": result.hint,
+    }))
+
+
+def _load(checkpoint: Path, options, log):
+    from exporter.foreign import load_source
+
+    source = load_source(checkpoint, options)
+    if source.imported:
+        fmt = source.format
+        log(f"imported {fmt['kind']} ({fmt['container']}): Linear layers {', '.join(fmt['layers'])}; "
+            f"{'-'.join(map(str, source.checkpoint.config.sizes))} {fmt['activation']} MLP")
+    for note in source.notes:
+        log(f"note: {note}")
+    return source
+
+
+def _check(checkpoint: Path, check_path: Path, report: Path | None, options, config, force: bool, log) -> None:
+    """--check: the recorded source sha256 first, then the proof against the model file as it is."""
+    import onnx
+
+    from exporter.export import check_status, load_test_set, verify_export
+    from exporter.foreign import ImportOptions, InputScale
+    from infer import contract as C
+    from infer.engine import ProviderError
+    from trainer.checkpoint import CheckpointError, file_sha256
+
+    kind = _sniff(check_path)
+    if kind.name != "onnx":
+        raise click.ClickException(f"{check_path}: {kind.what}; --check takes the ONNX file exported from {checkpoint}")
+    report_path = report or check_path.with_name(check_path.name + ".check.json")
+    _refuse_clashes(checkpoint, {"--report": report_path, "--check": check_path}, force=True)
+    if report_path.exists() and not force:
+        raise click.UsageError(f"{report_path} already exists; use --force to overwrite")
+    model = onnx.load(str(check_path), load_external_data=False)
+    meta = {p.key: p.value for p in model.metadata_props}
+    recorded, actual = meta.get(C.META_SOURCE_SHA256), file_sha256(checkpoint)
+    if recorded and recorded != actual:
+        raise click.ClickException(
+            f"{check_path} was exported from another checkpoint: its {C.META_SOURCE_SHA256} is {recorded[:12]}..., "
+            f"{checkpoint} has sha256 {actual[:12]}...; check a model against the checkpoint it was exported from")
+    if not recorded:
+        log(f"note: {check_path} records no source checkpoint (not made by mnist-export): comparing outputs only")
+    names = ([i.name for i in model.graph.input], [o.name for o in model.graph.output])
+    if names != ([C.INPUT_NAME], list(C.OUTPUT_NAMES)):
+        raise click.ClickException(
+            f"{check_path}: inputs {names[0]} and outputs {names[1]} are not mnist-export's "
+            f"({C.INPUT_NAME} -> {', '.join(C.OUTPUT_NAMES)}); --check re-proves files mnist-export made")
+    try:
+        from exporter.foreign import load_source
+
+        source = load_source(checkpoint, options)
+        recorded_config = json.loads(meta.get(C.META_MODEL_CONFIG, "{}"))
+        if source.imported and options == ImportOptions() and recorded_config:
+            # The guesses the model was exported with, read back: the proof compares like with like.
+            norm = recorded_config.get("normalisation", {})
+            options = ImportOptions(activation=recorded_config.get("activation"),
+                                    input_scale=InputScale(float(norm.get("mean", 0.0)), float(norm.get("std", 1.0))))
+            source = load_source(checkpoint, options)
+            log(f"note: reading {checkpoint} as {check_path} records: activation {options.activation}, "
+                f"--input-scale {options.input_scale.name}")
+        ckpt = source.checkpoint
+        result = verify_export(check_path.read_bytes(), ckpt, config, load_test_set(config.data_dir, deskewed=ckpt.deskew))
+    except (CheckpointError, ProviderError) as exc:
+        raise click.ClickException(str(exc)) from None
+    verified, status = check_status(result)
+    payload = {"checkpoint": str(checkpoint), "model": str(check_path), "verified": verified,
+               "check_status": status, **result.to_dict()}
+    _commit({report_path: _report_bytes(payload)})
+    log(_table(result))
+    if not result.passed:
+        raise click.ClickException(_one_line(result.failures, report_path))
+    log(f"{check_path} {'verified' if verified else 'partly verified'} against {checkpoint}; report: {report_path}")
+    click.echo(json.dumps({"model": str(check_path), "checkpoint": str(checkpoint), "report": str(report_path),
+                           "verified": verified, "check_status": status}))

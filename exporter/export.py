@@ -7,17 +7,29 @@ import json
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from infer import contract as C
-from infer.atomic import atomic_path
 from infer.engine import make_session
 from infer.preprocess import deskew, to_model_input
-from trainer.checkpoint import Checkpoint, load_checkpoint
+from trainer.checkpoint import Checkpoint
+
+if TYPE_CHECKING:
+    from exporter.foreign import Source
 
 EDGE_SEED = 1234
 BATCH_SIZES = (1, 7, 1000)
+# The proof's checks in three groups, as the command's JSON reports them (`check_group` names each check's).
+CHECK_GROUPS = ("test_set", "edge_inputs", "batch_sizes")
+
+
+def check_group(name: str) -> str:
+    """"test set" -> test_set, "batch 7" -> batch_sizes, the edge inputs (zeros, ones, uniform) -> edge_inputs."""
+    if name == "test set":
+        return "test_set"
+    return "batch_sizes" if name.startswith("batch ") else "edge_inputs"
 
 
 class VerificationError(Exception):
@@ -85,6 +97,17 @@ class VerificationReport:
     def passed(self) -> bool:
         return bool(self.checks) and all(c.passed for c in self.checks)
 
+    def check_status(self) -> dict[str, str]:
+        """Per group of CHECK_GROUPS: "passed", "failed", or "not run: <why>"."""
+        status = {}
+        for group in CHECK_GROUPS:
+            ran = [c for c in self.checks if check_group(c.name) == group]
+            if not ran:
+                status[group] = "not run: MNIST test set not found" if group == "test_set" else "not run"
+            else:
+                status[group] = "passed" if all(c.passed for c in ran) else "failed"
+        return status
+
     @property
     def failures(self) -> list[str]:
         out = []
@@ -131,12 +154,38 @@ class VerificationReport:
         }
 
 
+def check_status(report: VerificationReport | None, why_not: str = "--no-verify") -> tuple[bool, dict[str, str]]:
+    """(verified, status per check group): verified only when every group ran and passed, the test set included."""
+    if report is None:
+        return False, {group: f"not run: {why_not}" for group in CHECK_GROUPS}
+    status = report.check_status()
+    return report.passed and all(v == "passed" for v in status.values()), status
+
+
 @dataclass
 class ExportResult:
-    path: Path | None
+    """The verified ONNX file's bytes (not yet written), the proof, and for imported files the guesses scored."""
+
+    onnx_bytes: bytes
     report: VerificationReport | None
     seconds: dict[str, float]
     sha256: str
+    source: "Source"
+    alternatives: list | None = None  # exporter.foreign.Alternative, given reading first; None: not scored
+    hint: str | None = None  # one line when another activation/scaling reads the digits much better
+
+    def to_dict(self, checkpoint: Path, output: Path) -> dict:
+        """The report file's content (the proof, the source's format, the alternatives scored)."""
+        verified, status = check_status(self.report)
+        payload = {"checkpoint": str(checkpoint), "output": str(output), "sha256": self.sha256,
+                   "source_format": self.source.format, "verified": verified, "check_status": status,
+                   "seconds": {k: round(v, 3) for k, v in self.seconds.items()}}
+        if self.alternatives is not None:
+            payload["alternatives"] = [a.to_dict() for a in self.alternatives]
+        payload["hint"] = self.hint
+        payload.update(self.report.to_dict() if self.report is not None
+                       else {"passed": None, "note": "not verified (--no-verify)", "checks": []})
+        return payload
 
 
 def build_onnx(ckpt: Checkpoint, opset: int = 18):
@@ -269,7 +318,8 @@ def verify_export(onnx_bytes: bytes, ckpt: Checkpoint, config: ExportConfig,
     return report
 
 
-def add_metadata(proto, ckpt: Checkpoint, opset: int, report: VerificationReport | None) -> None:
+def add_metadata(proto, ckpt: Checkpoint, opset: int, report: VerificationReport | None,
+                 source_format: dict) -> None:
     """Attach the contract's metadata_props; no paths, no timestamps: the same inputs give the same bytes."""
     import onnx
     import onnxruntime
@@ -283,6 +333,7 @@ def add_metadata(proto, ckpt: Checkpoint, opset: int, report: VerificationReport
         C.META_LABELS: json.dumps(list(ckpt.data["labels"])),
         C.META_INPUT: json.dumps(C.input_layout(ckpt.deskew), sort_keys=True),
         C.META_SOURCE_SHA256: ckpt.sha256,
+        C.META_SOURCE_FORMAT: json.dumps(source_format, sort_keys=True),
         C.META_SOURCE_TEST_ACCURACY: json.dumps(ckpt.test_accuracy),
         C.META_MODEL_CONFIG: json.dumps({**ckpt.config.to_dict(), "normalisation": ckpt.data["normalisation"]},
                                         sort_keys=True),
@@ -299,19 +350,22 @@ def add_metadata(proto, ckpt: Checkpoint, opset: int, report: VerificationReport
     proto.model_version = 1
 
 
-def export_onnx(checkpoint_path, out_path, config: ExportConfig, test_set="load") -> ExportResult:
-    """Checkpoint -> verified model.onnx at out_path; nothing is written at out_path unless the proof passes."""
+def export_onnx(source: "Source", config: ExportConfig, test_set="load") -> ExportResult:
+    """Source -> verified ONNX bytes with the contract's metadata; raises VerificationError when the proof
+    fails. Writes nothing: the caller commits the model and its report together (exporter.outputs)."""
     import hashlib
 
     import onnx
 
+    from exporter.foreign import SCORE_DIGITS, alternatives_hint, score_alternatives
+
+    ckpt = source.checkpoint
     seconds: dict[str, float] = {}
     t0 = time.perf_counter()
-    ckpt = load_checkpoint(checkpoint_path)
     proto = build_onnx(ckpt, config.opset)
     seconds["export"] = time.perf_counter() - t0
     onnx.checker.check_model(proto, full_check=True)
-    report = None
+    report = alternatives = hint = None
     if config.verify:
         t1 = time.perf_counter()
         if isinstance(test_set, str):
@@ -320,12 +374,12 @@ def export_onnx(checkpoint_path, out_path, config: ExportConfig, test_set="load"
         seconds["verify"] = time.perf_counter() - t1
         if not report.passed:
             raise VerificationError(report)
-    add_metadata(proto, ckpt, config.opset, report)
+        if source.imported and test_set is not None:
+            alternatives = score_alternatives(source, test_set[0][:SCORE_DIGITS], test_set[1][:SCORE_DIGITS])
+            hint = alternatives_hint(alternatives)
+    add_metadata(proto, ckpt, config.opset, report, source.format)
     onnx.checker.check_model(proto, full_check=True)
     payload = proto.SerializeToString(deterministic=True)
-    out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(out_path) as tmp:
-        tmp.write_bytes(payload)
     seconds["total"] = time.perf_counter() - t0
-    return ExportResult(path=out_path, report=report, seconds=seconds, sha256=hashlib.sha256(payload).hexdigest())
+    return ExportResult(onnx_bytes=payload, report=report, seconds=seconds,
+                        sha256=hashlib.sha256(payload).hexdigest(), source=source, alternatives=alternatives, hint=hint)

@@ -30,6 +30,10 @@ META_FORMAT_VALUE = "mnist-toolkit.onnx/1"
 META_LABELS = "mnist.labels"  # JSON list of label strings, index = class id
 META_INPUT = "mnist.input"  # JSON object: shape, dtype, scale, ink, centring
 META_SOURCE_SHA256 = "mnist.source_sha256"
+# JSON: how the exported file was stored: {"kind": "mnist-toolkit-checkpoint", "format_version": 1} for
+# mnist-train's model.pt; for files made elsewhere kind "state-dict" | "training-dict" | "module-pickle", with
+# "container", "layers" (their names, in order), "activation", "input_scale" and where each came from.
+META_SOURCE_FORMAT = "mnist.source_format"
 META_SOURCE_TEST_ACCURACY = "mnist.source_test_accuracy"
 META_MODEL_CONFIG = "mnist.model_config"
 META_RECIPE = "mnist.recipe"

@@ -1,6 +1,7 @@
 """mnist-export: round trip on a real checkpoint, a proof that fails loudly, metadata, bad input, reproducibility."""
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import pickle
@@ -20,6 +21,8 @@ from click.testing import CliRunner
 from exporter.cli import main
 from infer import contract as C
 from trainer.checkpoint import file_sha256
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def run(args):
@@ -74,6 +77,8 @@ def test_metadata_is_read_back(exported, trained):
     layout = json.loads(meta[C.META_INPUT])
     assert layout["ink"] == "white-on-black" and layout["shape"] == ["N", 1, 28, 28] and "centre of mass" in layout["centring"]
     assert meta[C.META_SOURCE_SHA256] == file_sha256(trained)
+    assert json.loads(meta[C.META_SOURCE_FORMAT]) == {"kind": "mnist-toolkit-checkpoint",
+                                                      "format_version": C.CHECKPOINT_VERSION}
     ckpt = torch.load(trained, weights_only=True)
     assert json.loads(meta[C.META_SOURCE_TEST_ACCURACY]) == ckpt["metrics"]["test_accuracy"]
     verification = json.loads(meta[C.META_VERIFICATION])
@@ -126,10 +131,59 @@ def test_check_mode_catches_a_tampered_file(exported, trained, tmp_path, mnist_d
     array = onnx.numpy_helper.to_array(bias).copy() + 0.01
     bias.CopyFrom(onnx.numpy_helper.from_array(array, bias.name))
     onnx.save(model, str(tampered))
-    bad = run([trained, "--check", tampered, "--data-dir", mnist_dir])
+    bad = run([trained, "--check", tampered, "--data-dir", mnist_dir, "-q"])
     assert bad.exit_code == 1 and "exceeds atol" in bad.stderr
+    line = bad.stderr.strip()
+    assert len(line.splitlines()) == 1 and len(line) < 400 and "more)" in line  # not all 14 failures in one line
+    report = json.loads((tmp_path / "tampered.onnx.check.json").read_text())
+    assert report["passed"] is False and len(report["failures"]) > 1
     good = run([trained, "--check", exported, "--data-dir", mnist_dir, "--report", tmp_path / "ok.json"])
     assert good.exit_code == 0 and json.loads((tmp_path / "ok.json").read_text())["passed"]
+    assert json.loads(good.stdout) == {"model": str(exported), "checkpoint": str(trained),
+                                       "report": str(tmp_path / "ok.json"), "verified": True,
+                                       "check_status": {"test_set": "passed", "edge_inputs": "passed",
+                                                        "batch_sizes": "passed"}}
+    # the one rule for existing outputs: the report is not overwritten without --force
+    again = run([trained, "--check", exported, "--data-dir", mnist_dir, "--report", tmp_path / "ok.json"])
+    assert again.exit_code == 2 and "--force" in again.stderr
+
+
+def test_check_against_another_checkpoint_compares_the_recorded_sha256(exported, trained, tmp_path, mnist_dir):
+    other = tmp_path / "other.pt"
+    ckpt = torch.load(trained, weights_only=True)
+    ckpt["state_dict"]["layers.0.bias"] += 0.5
+    torch.save(ckpt, other)
+    result = run([other, "--check", exported, "--data-dir", mnist_dir])
+    assert result.exit_code == 1
+    line = result.stderr.strip()
+    assert len(line.splitlines()) == 1 and len(line) < 400
+    assert "was exported from another checkpoint" in line and C.META_SOURCE_SHA256 in line
+    assert file_sha256(trained)[:12] in line and file_sha256(other)[:12] in line
+    assert not (tmp_path / "model.onnx.check.json").exists()
+
+
+def test_check_against_an_onnx_file_made_elsewhere(trained, tmp_path):
+    """A digit model from elsewhere (the ONNX model zoo's names and fixed shape, no metadata): one line."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    weight = numpy_helper.from_array(np.zeros((784, 10), np.float32), "w")
+    graph = helper.make_graph(
+        [helper.make_node("Reshape", ["Input3", "shape"], ["flat"]), helper.make_node("MatMul", ["flat", "w"], ["Plus214_Output_0"])],
+        "zoo", [helper.make_tensor_value_info("Input3", TensorProto.FLOAT, [1, 1, 28, 28])],
+        [helper.make_tensor_value_info("Plus214_Output_0", TensorProto.FLOAT, [1, 10])],
+        [weight, numpy_helper.from_array(np.array([1, 784], np.int64), "shape")])
+    zoo = tmp_path / "mnist-8.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), str(zoo))
+    result = run([trained, "--check", zoo])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert "records no source checkpoint" in result.stderr
+    assert "inputs ['Input3'] and outputs ['Plus214_Output_0'] are not mnist-export's" in result.stderr
+    assert not (tmp_path / "mnist-8.onnx.check.json").exists()
+
+
+def test_check_takes_an_onnx_file(trained, tmp_path):
+    result = run([trained, "--check", trained])
+    assert result.exit_code == 1 and "--check takes the ONNX file" in result.stderr and "torch.save file" in result.stderr
 
 
 def test_tolerance_is_enforced(trained, tmp_path, mnist_dir):
@@ -140,8 +194,23 @@ def test_tolerance_is_enforced(trained, tmp_path, mnist_dir):
 def test_without_test_set_says_so(trained, tmp_path):
     result = run([trained, "-o", tmp_path / "m.onnx", "--data-dir", tmp_path / "nowhere"])
     assert result.exit_code == 0, result.output
-    assert "MNIST test set not found" in result.stderr
-    assert json.loads((tmp_path / "m.onnx.json").read_text())["test_set_checked"] is False
+    assert "MNIST test set not found" in result.stderr and "partly verified" in result.stderr
+    report = json.loads((tmp_path / "m.onnx.json").read_text())
+    assert report["test_set_checked"] is False and report["verified"] is False
+    summary = json.loads(result.stdout)
+    assert summary["verified"] is False and summary["test_accuracy"] is None
+    assert summary["check_status"] == {"test_set": "not run: MNIST test set not found", "edge_inputs": "passed",
+                                       "batch_sizes": "passed"}
+
+
+def test_stdout_says_which_checks_ran(exported, trained, tmp_path, mnist_dir):
+    result = run([trained, "-o", tmp_path / "m.onnx", "--data-dir", mnist_dir, "-q"])
+    summary = json.loads(result.stdout)
+    assert summary["verified"] is True and summary["source_format"] == "mnist-toolkit-checkpoint"
+    assert summary["check_status"] == {"test_set": "passed", "edge_inputs": "passed", "batch_sizes": "passed"}
+    proof = json.loads((tmp_path / "m.onnx.json").read_text())
+    assert summary["test_accuracy"] == next(c for c in proof["checks"] if c["name"] == "test set")["accuracy_ort"]
+    assert summary["sha256"] == hashlib.sha256((tmp_path / "m.onnx").read_bytes()).hexdigest()
 
 
 def test_no_verify_is_loud(trained, tmp_path):
@@ -150,6 +219,10 @@ def test_no_verify_is_loud(trained, tmp_path):
     assert result.exit_code == 0 and "NOTHING WAS CHECKED" in result.stderr
     meta = {p.key: p.value for p in onnx.load(str(out)).metadata_props}
     assert json.loads(meta[C.META_VERIFICATION])["passed"] is None
+    summary = json.loads(result.stdout)
+    assert summary["verified"] is False and set(summary["check_status"].values()) == {"not run: --no-verify"}
+    # the report says so too, and is written with the model (never a stale proof beside it)
+    assert json.loads((tmp_path / "m.onnx.json").read_text())["verified"] is False
 
 
 def test_cuda_verification_without_cuda_is_exit_1(trained, tmp_path, mnist_dir):
@@ -174,20 +247,92 @@ def _bad_input(tmp_path: Path, kind: str) -> Path:
         torch.save({"format": C.CHECKPOINT_FORMAT, "format_version": 99}, path)
     elif kind == "empty":
         path.write_bytes(b"")
+    elif kind == "zip":
+        with zipfile.ZipFile(path, "w") as z:
+            z.writestr("notes.txt", "hello")
     return path
 
 
 @pytest.mark.parametrize("kind, words", [
-    ("text", "not a readable PyTorch checkpoint"),
-    ("empty", "not a readable PyTorch checkpoint"),
-    ("state_dict", "not an mnist-toolkit checkpoint"),
+    ("text", "a text file (starting 'this is not a checkpoint')"),
+    ("empty", "an empty file (0 bytes)"),
+    ("state_dict", "Linear layers do not chain 784 -> ... -> 10: found layers.0 Linear 784->16"),
     ("version", "format version 99 is not supported"),
+    ("zip", "a zip archive (notes.txt)"),
 ])
 def test_bad_checkpoints_get_one_line(kind, words, tmp_path):
     result = run([_bad_input(tmp_path, kind), "-o", tmp_path / "m.onnx"])
     assert result.exit_code == 1
     assert words in result.stderr and "Traceback" not in result.output
+    assert len(result.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "m.onnx").exists()
+
+
+def _wrong_kind(kind: str, tmp_path: Path, exported: Path) -> tuple[Path, list[str]]:
+    """A file people hand mnist-export by mistake, and the words its one line must hold."""
+    if kind == "onnx":
+        return exported, ["an ONNX model", f"mnist-infer IMAGES --model {exported}", "--check"]
+    if kind == "json":
+        return exported.with_name("model.onnx.json"), ["a JSON file"]
+    if kind == "png":
+        image = next(p for p in sorted((ROOT / "samples").rglob("*.png")))
+        return image, ["a PNG image", f"mnist-infer {image}"]
+    if kind == "jpeg":
+        from PIL import Image
+
+        path = tmp_path / "digit.jpg"
+        Image.new("L", (28, 28)).save(path)
+        return path, ["a JPEG image", "mnist-infer"]
+    if kind == "python":
+        path = tmp_path / "train.py"
+        path.write_text("import torch\n")
+        return path, ["a text file (starting 'import torch')"]
+    if kind == "pickle":
+        path = tmp_path / "weights.pkl"
+        path.write_bytes(pickle.dumps({"w": [1.0, 2.0]}, protocol=4))
+        return path, ["a plain Python pickle", "not opened"]
+    if kind == "lfs":
+        path = tmp_path / "model.pt"
+        path.write_text("version https://git-lfs.github.com/spec/v1\noid sha256:" + "0" * 64 + "\nsize 52000\n")
+        return path, ["a Git LFS pointer", "git lfs pull"]
+    if kind == "npy":
+        path = tmp_path / "weights.npy"
+        np.save(path, np.zeros((16, 784), np.float32))
+        return path, ["a NumPy .npy array"]
+    if kind == "npz":
+        path = tmp_path / "weights.npz"
+        np.savez(path, w1=np.zeros((16, 784), np.float32), b1=np.zeros(16, np.float32))
+        return path, ["a NumPy .npz archive"]
+    if kind == "torchscript":
+        path = tmp_path / "scripted.pt"
+        torch.jit.save(torch.jit.trace(torch.nn.Linear(4, 2), torch.zeros(1, 4)), str(path))
+        return path, ["a TorchScript archive", ".state_dict()"]
+    raise AssertionError(kind)
+
+
+@pytest.mark.filterwarnings("ignore::FutureWarning")  # torch.jit.trace's own deprecation notice
+@pytest.mark.parametrize("kind", ["onnx", "json", "png", "jpeg", "python", "pickle", "lfs", "npy", "npz",
+                                  "torchscript"])
+def test_wrong_kind_of_file_gets_the_fix_in_one_line(kind, tmp_path, exported):
+    path, words = _wrong_kind(kind, tmp_path, exported)
+    before = path.read_bytes()
+    result = run([path, "-o", tmp_path / "out.onnx"])
+    assert result.exit_code == 1, result.output
+    line = result.stderr.strip()
+    assert len(line.splitlines()) == 1 and "Traceback" not in result.output
+    for w in words:
+        assert w in line
+    assert "mnist-export takes a PyTorch file" in line
+    assert "would run code" not in line  # today's misleading words
+    assert not (tmp_path / "out.onnx").exists() and path.read_bytes() == before
+
+
+def test_an_onnx_file_is_named_before_its_default_output_clashes(exported, tmp_path):
+    model = tmp_path / "model.onnx"  # its default output would be itself
+    shutil.copy(exported, model)
+    result = run([model])
+    assert result.exit_code == 1 and "an ONNX model" in result.stderr and "already exists" not in result.stderr
+    assert model.read_bytes() == exported.read_bytes()
 
 
 def test_truncated_checkpoint(trained, tmp_path):
@@ -239,6 +384,84 @@ def test_existing_output_needs_force(exported, trained, tmp_path):
     assert result.exit_code == 2 and "--force" in result.stderr and out.read_bytes() == b"keep me"
     assert run([trained, "-o", out, "--no-verify", "--force"]).exit_code == 0
     assert out.read_bytes() != b"keep me"
+
+
+def test_existing_report_needs_force_too(trained, tmp_path):
+    report = tmp_path / "m.onnx.json"
+    report.write_text("keep me")
+    result = run([trained, "-o", tmp_path / "m.onnx", "--no-verify"])
+    assert result.exit_code == 2 and str(report) in result.stderr and "--force" in result.stderr
+    assert report.read_text() == "keep me" and not (tmp_path / "m.onnx").exists()
+    assert run([trained, "-o", tmp_path / "m.onnx", "--no-verify", "--force"]).exit_code == 0
+    assert json.loads(report.read_text())["verified"] is False
+
+
+@pytest.mark.parametrize("clash", ["output", "report", "output-is-report"])
+def test_an_output_that_is_an_input_is_refused(clash, trained, tmp_path):
+    source = tmp_path / "m.pt"
+    shutil.copy(trained, source)
+    before = source.read_bytes()
+    args = {"output": ["-o", source], "report": ["--report", source],
+            "output-is-report": ["-o", tmp_path / "x.onnx", "--report", tmp_path / "x.onnx"]}[clash]
+    result = run([source, *args, "--force", "--no-verify"])
+    assert result.exit_code == 2, result.output
+    assert ("is the input checkpoint" in result.stderr) or ("name the same file" in result.stderr)
+    assert source.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.pt"]
+    # the same file by another spelling
+    result = run([source, "-o", tmp_path / "." / "m.pt", "--force", "--no-verify"])
+    assert result.exit_code == 2 and source.read_bytes() == before
+
+
+def test_check_report_is_not_the_model_checked(exported, trained, tmp_path):
+    copy = tmp_path / "model.onnx"
+    shutil.copy(exported, copy)
+    result = run([trained, "--check", copy, "--report", copy, "--force"])
+    assert result.exit_code == 2 and copy.read_bytes() == exported.read_bytes()
+
+
+def test_report_in_a_new_folder(trained, tmp_path, mnist_dir):
+    result = run([trained, "-o", tmp_path / "models" / "m.onnx", "--report", tmp_path / "nodir" / "deeper" / "r.json",
+                  "--data-dir", mnist_dir, "-q"])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "models" / "m.onnx").stat().st_size > 1000
+    assert json.loads((tmp_path / "nodir" / "deeper" / "r.json").read_text())["verified"] is True
+
+
+def test_model_and_report_are_committed_together_or_not_at_all(trained, tmp_path, monkeypatch):
+    # The report cannot be written (its folder would be under a file): no model either, no temporaries.
+    (tmp_path / "afile").write_text("x")
+    result = run([trained, "-o", tmp_path / "m.onnx", "--report", tmp_path / "afile" / "r.json", "--no-verify"])
+    assert result.exit_code == 1 and "nothing was written" in result.stderr and "Traceback" not in result.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile"]
+
+    # A failure while renaming the second file: the first is taken back, an overwritten model restored.
+    import exporter.outputs as outputs
+
+    old_model, old_report = tmp_path / "old.onnx", tmp_path / "old.onnx.json"
+    old_model.write_bytes(b"the previous model")
+    old_report.write_text("the previous report")
+    real_replace, calls = os.replace, []
+
+    def replace_then_fail(src, dst):
+        calls.append(dst)
+        if len(calls) == 2:
+            raise OSError(28, "No space left on device", str(dst))
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(outputs.os, "replace", replace_then_fail)
+    result = run([trained, "-o", old_model, "--no-verify", "--force"])
+    monkeypatch.undo()
+    assert result.exit_code == 1 and "No space left on device" in result.stderr
+    assert old_model.read_bytes() == b"the previous model" and old_report.read_text() == "the previous report"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile", "old.onnx", "old.onnx.json"]
+
+    # New files, the same failure: neither is left behind, nor the folder made for them.
+    calls.clear()
+    monkeypatch.setattr(outputs.os, "replace", replace_then_fail)
+    result = run([trained, "-o", tmp_path / "new" / "m.onnx", "--no-verify"])
+    monkeypatch.undo()
+    assert result.exit_code == 1 and not (tmp_path / "new").exists()
 
 
 def test_installed_command(trained, tmp_path, mnist_dir):
