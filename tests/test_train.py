@@ -164,13 +164,13 @@ def test_seed_recipe_is_the_write_ups():
 def test_default_recipe_is_the_issues():
     """Issue 8: deskew; clean + 4 copies (+-10 deg, scale 0.9-1.1, x-shear +-0.15, +-1 px, stroke
     changes); 100 PCA components whitened with eps 0.01; AdamW 2e-2, wd 0.05, batch 256, one-cycle
-    pct 0.25, div 25, final lr = peak / 2.5e5; 120 epochs. v1 is the first default, unchanged."""
+    pct 0.25, div 25, final lr = peak / 2.5e5; 200 epochs (README). v1 is the first default, unchanged."""
     r = RECIPES["default"]
     assert (r.deskew, r.copies, r.rotate, r.scale, r.shear, r.translate) == (True, 4, 10.0, 0.1, 0.15, 1.0)
     assert 0 < r.stroke <= 1 and (r.pca, r.pca_eps, r.normalise, r.shift) == (100, 0.01, True, 0)
     assert (r.optimizer, r.lr, r.weight_decay, r.batch_size, r.schedule) == ("adamw", 0.02, 0.05, 256, "onecycle")
     assert (r.pct_start, r.div_factor) == (0.25, 25.0) and r.div_factor * r.final_div_factor == 2.5e5
-    assert r.epochs == 120
+    assert r.epochs == 200
     v1 = RECIPES["v1"]
     assert (v1.epochs, v1.shift, v1.pct_start, v1.deskew, v1.copies, v1.pca) == (160, 1, 0.3, False, 0, 0)
 
@@ -484,7 +484,7 @@ def test_val_size_0_trains_on_all_60000_and_keeps_the_last_epoch(tmp_path, mnist
 
 
 def test_progress_is_compact_off_a_terminal_and_quiet_is_silent(tmp_path, mnist_dir):
-    args = ["--data-dir", mnist_dir, "--no-download", "--recipe", "seed", "--batch-size", 512, "--epochs", 30,
+    args = ["--data-dir", mnist_dir, "--no-download", "--recipe", "seed", "--batch-size", 4096, "--epochs", 30,
             "--no-plots", "--val-size", 1000]
     loud = run(args + ["--out", tmp_path / "a" / "model.pt"])
     assert loud.exit_code == 0
@@ -620,3 +620,82 @@ def test_installed_command_runs(tmp_path, mnist_dir):
     assert "epoch 1/1" in proc.stderr and load_checkpoint(out).data["recipe"]["epochs"] == 1
     mod = subprocess.run([sys.executable, "-m", "trainer", "--version"], capture_output=True, text=True)
     assert mod.returncode == 0 and "0.1.0" in mod.stdout
+
+
+# --- 8. the shipped model --------------------------------------------------------------------------
+
+SHIPPED = ROOT / "infer" / "models" / "default.onnx"
+
+
+def _metadata(path: Path) -> dict:
+    import onnx
+
+    return {p.key: p.value for p in onnx.load(str(path)).metadata_props}
+
+
+def test_shipped_model_is_the_code_default_recipe():
+    """The recorded recipe is the code's default recipe, field by field, so they cannot drift apart;
+    the model reads deskewed digits, and says which version of the project made it."""
+    from infer import contract as C
+
+    meta = _metadata(SHIPPED)
+    assert json.loads(meta[C.META_RECIPE]) == RECIPES["default"].to_dict()
+    assert json.loads(meta[C.META_INPUT])["deskew"] is RECIPES["default"].deskew is True
+    assert json.loads(meta[C.META_VERSIONS])["tool"] == C.TOOL_VERSION
+    assert json.loads(meta[C.META_MODEL_CONFIG])["hidden"] == [16, 16]
+    proof = json.loads(meta[C.META_VERIFICATION])
+    assert proof["passed"] is True and proof["test_set"]["argmax_agreement"] == 1.0
+    assert proof["test_set"]["accuracy_ort"] >= 0.974
+    report = json.loads(SHIPPED.with_name("default.onnx.json").read_text())
+    assert report["sha256"] == file_sha256(SHIPPED) and report["passed"] is True
+
+
+def test_shipped_model_scores_its_recorded_accuracy_on_the_mnist_pngs(mnist_pngs, tmp_path):
+    """mnist-infer with the shipped model (deskewing, as its metadata asks) on the 10,000 MNIST test
+    PNGs scores exactly the test accuracy recorded in the model."""
+    import csv
+
+    from infer import contract as C
+    from infer.cli import main as infer_main
+
+    rows = tmp_path / "rows.csv"
+    result = CliRunner().invoke(infer_main, [str(mnist_pngs), "-m", str(SHIPPED), "-q", "-o", str(rows)])
+    assert result.exit_code == 0, result.output
+    with open(rows, newline="") as f:
+        table = list(csv.DictReader(f))
+    assert len(table) == 10000
+    accuracy = sum(r["prediction"] == r["label"] for r in table) / 10000
+    recorded = json.loads(_metadata(SHIPPED)[C.META_VERIFICATION])["test_set"]["accuracy_ort"]
+    assert accuracy == recorded
+
+
+def test_build_script_never_replaces_the_shipped_model_silently(tmp_path):
+    before = SHIPPED.read_bytes()
+    script = ROOT / "scripts" / "build-default-model"
+    proc = subprocess.run([str(script)], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and "use --force" in proc.stderr
+    assert SHIPPED.read_bytes() == before
+    (tmp_path / "default.onnx").write_bytes(b"precious")
+    proc = subprocess.run([str(script), str(tmp_path)], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and (tmp_path / "default.onnx").read_bytes() == b"precious"
+    proc = subprocess.run([str(script), "--frce"], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and "unknown option --frce" in proc.stderr
+
+
+@pytest.mark.slow
+def test_build_script_reproduces_the_shipped_model(tmp_path, mnist_dir):
+    """Same code, same data, seed 0, one thread: the same weights and the same test accuracy."""
+    import onnx
+    from onnx import numpy_helper
+
+    from infer import contract as C
+
+    env = {**os.environ, "MNIST_DATA": str(mnist_dir)}
+    proc = subprocess.run([str(ROOT / "scripts" / "build-default-model"), str(tmp_path)], capture_output=True,
+                          text=True, timeout=600, env=env)
+    assert proc.returncode == 0, proc.stderr
+    weights = lambda path: {t.name: numpy_helper.to_array(t) for t in onnx.load(str(path)).graph.initializer}
+    built, shipped = weights(tmp_path / "default.onnx"), weights(SHIPPED)
+    assert built.keys() == shipped.keys() and all(np.array_equal(built[k], shipped[k]) for k in built)
+    for key in (C.META_RECIPE, C.META_SOURCE_TEST_ACCURACY, C.META_INPUT, C.META_MODEL_CONFIG):
+        assert _metadata(tmp_path / "default.onnx")[key] == _metadata(SHIPPED)[key]

@@ -248,9 +248,10 @@ def _model_inputs(images_u8: torch.Tensor, mean: float, std: float, device: str,
     or their whitened projection float32 [N,k] (converted in batches: the pool stays uint8 until here)."""
     if whitening is None:
         return prepare_pixels(images_u8, mean, std, device)
-    parts = [whitening.transform(prepare_pixels(images_u8[i : i + batch], mean, std, device))
-             for i in range(0, len(images_u8), batch)]
-    return torch.cat(parts) if parts else torch.empty(0, whitening.components, device=device)
+    out = torch.empty(len(images_u8), whitening.components, device=device)
+    for i in range(0, len(images_u8), batch):
+        out[i : i + batch] = whitening.transform(prepare_pixels(images_u8[i : i + batch], mean, std, device))
+    return out
 
 
 def _deskewed(images_u8: torch.Tensor, on: bool) -> torch.Tensor:
