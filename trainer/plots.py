@@ -36,6 +36,11 @@ def plot_curves(history: list[dict], path: Path, model_name: str | None = None) 
     ax_acc.plot(epochs, [100 * h["train_accuracy"] for h in history], label="train (10k sample)")
     if history and history[0]["val_accuracy"] is not None:
         ax_acc.plot(epochs, [100 * h["val_accuracy"] for h in history], label="validation")
+    # Zoom on where the run spends its time: the first few epochs' climb would squash the rest.
+    later = [100 * h[k] for h in history[len(history) // 10 :] for k in ("train_accuracy", "val_accuracy")
+             if h[k] is not None]
+    if len(history) >= 10 and later:
+        ax_acc.set_ylim(max(0.0, min(later) - 1), min(100.0, max(later) + 0.5))
     ax_acc.set_xlabel("epoch")
     ax_acc.set_ylabel("accuracy (%)")
     ax_acc.set_title("Accuracy")
