@@ -5,6 +5,11 @@ DataLoader and per-parameter optimizer bookkeeping: every parameter and gradient
 flat tensor, batches are gathered by index into buffers allocated once, and the optimizer updates the
 flat tensor in a handful of in-place ops. `tests/test_train.py` checks the maths against autograd and
 torch.optim.
+
+Before the first epoch the inputs are prepared once: deskewed (infer.preprocess.deskew), an
+augmentation pool built (trainer.augment), and with PCA whitening (trainer.whiten) the whole pool
+projected, so that each batch is a single index_select; the whitening is folded back into the first
+layer at the end, and the test set is scored by the network as saved, on pixels.
 """
 from __future__ import annotations
 
