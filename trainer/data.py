@@ -1,8 +1,12 @@
 """MNIST on disk -> validated uint8 tensors in memory."""
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
+import shutil
+import socket
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,12 +38,17 @@ class MnistSplits:
     fingerprint: str  # sha256 over the four arrays' bytes
 
 
-def default_data_dir() -> Path:
-    """`$MNIST_DATA`, else a per-user cache folder."""
-    if os.environ.get(ENV_VAR):
-        return Path(os.environ[ENV_VAR])
+def cache_dir() -> Path:
+    """The per-user cache folder MNIST is downloaded into: $XDG_CACHE_HOME/mnist-toolkit or ~/.cache/mnist-toolkit."""
     cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return Path(cache) / "mnist-toolkit"
+
+
+def default_data_dir() -> Path:
+    """`$MNIST_DATA`, else the per-user cache folder."""
+    if os.environ.get(ENV_VAR):
+        return Path(os.environ[ENV_VAR])
+    return cache_dir()
 
 
 def _raw_dir(root: Path) -> Path:
@@ -50,22 +59,63 @@ def _raw_dir(root: Path) -> Path:
     return root / "MNIST" / "raw"
 
 
-def _missing_message(raw: Path) -> str:
-    names = ", ".join(MNIST_FILES)
-    return (
-        f"MNIST not found in {raw} and it could not be downloaded. Put the four files {names} "
-        f"(uncompressed) in {raw}, or point --data-dir / ${ENV_VAR} at a folder holding MNIST/raw/."
-    )
+def _put_files_here(raw: Path) -> str:
+    return (f"Put the four files {', '.join(MNIST_FILES)} (uncompressed) in {raw}, "
+            f"or point --data-dir / ${ENV_VAR} at a folder holding MNIST/raw/")
 
 
-def _download(root: Path, raw: Path) -> None:
+def _in_words(exc: BaseException) -> str:
+    """A download failure as a phrase a user can act on (no exception class names)."""
+    from urllib.error import HTTPError, URLError
+
+    if isinstance(exc, HTTPError):
+        return f"the server answered HTTP {exc.code} {exc.reason}"
+    reason = exc.reason if isinstance(exc, URLError) else exc
+    if isinstance(reason, socket.gaierror):
+        return "no network: the download server's name could not be resolved"
+    if isinstance(reason, ConnectionRefusedError):
+        return "the connection was refused (offline, or a proxy that is not running?)"
+    if isinstance(reason, (TimeoutError, socket.timeout)):
+        return "the connection timed out"
+    if isinstance(reason, OSError) and reason.strerror:
+        return reason.strerror[0].lower() + reason.strerror[1:]
+    return str(reason).strip() or "unknown error"
+
+
+def _download(raw: Path) -> None:
+    """Fetch the four files from torchvision's MNIST mirrors into raw/ (verified by MD5, then unpacked).
+
+    On failure everything this attempt created (files and folders) is removed again and DataError
+    says why in words.
+    """
+    from urllib.error import URLError
+
     from torchvision.datasets import MNIST
+    from torchvision.datasets.utils import download_and_extract_archive
 
+    created = next((p for p in (*reversed(raw.parents), raw) if not p.exists()), None)  # the topmost new folder
+    before = set(raw.iterdir()) if raw.is_dir() else set()
     try:
-        MNIST(str(root), train=True, download=True)
-        MNIST(str(root), train=False, download=True)
-    except Exception as exc:  # offline: URLError, OSError, RuntimeError from torchvision's mirrors
-        raise DataError(f"{_missing_message(raw)} (download failed: {type(exc).__name__})") from None
+        # torchvision narrates the download on stdout; our stdout is for results.
+        with contextlib.redirect_stdout(sys.stderr):
+            for filename, md5 in MNIST.resources:
+                for mirror in MNIST.mirrors:
+                    try:
+                        download_and_extract_archive(mirror + filename, raw, filename=filename, md5=md5,
+                                                     remove_finished=True)
+                        break
+                    except (URLError, OSError, RuntimeError) as exc:  # RuntimeError: MD5 mismatch
+                        failure = exc
+                else:
+                    raise DataError(f"MNIST is not in {raw} and could not be downloaded: {_in_words(failure)}. "
+                                    f"{_put_files_here(raw)}.")
+    except BaseException:
+        if created is not None:
+            shutil.rmtree(created, ignore_errors=True)
+        elif raw.is_dir():
+            for leftover in set(raw.iterdir()) - before:
+                leftover.unlink(missing_ok=True)
+        raise
 
 
 def validate_idx(path: Path, magic: int, dims: tuple[int, ...], count: int) -> None:
@@ -90,14 +140,25 @@ def validate_idx(path: Path, magic: int, dims: tuple[int, ...], count: int) -> N
 
 
 def load_mnist(data_dir: str | os.PathLike | None = None, download: bool = True) -> MnistSplits:
-    """Read (and, when allowed, download) MNIST; validate every file before trusting it."""
+    """Read MNIST from data_dir (else $MNIST_DATA, else the user cache); validate every file before trusting it.
+
+    Only the user cache is ever written: MNIST missing there is downloaded (unless `download` is
+    False). A folder the user named (--data-dir, $MNIST_DATA) is only read, so a typo creates nothing.
+    Raises DataError with what is missing or wrong and where.
+    """
+    explicit = data_dir is not None or bool(os.environ.get(ENV_VAR))
     root = Path(data_dir) if data_dir is not None else default_data_dir()
     raw = _raw_dir(root)
-    if not all((raw / name).exists() for name in MNIST_FILES):
+    missing = [name for name in MNIST_FILES if not (raw / name).exists()]
+    if missing:
+        where = f"MNIST not found in {raw} ({', '.join(missing)} missing)"
+        if explicit:
+            hint = "" if download else " (and --no-download was given)"
+            raise DataError(f"{where}. {_put_files_here(raw)}; leave out --data-dir and ${ENV_VAR} to download "
+                            f"MNIST into the user cache {cache_dir()}{hint}.")
         if not download:
-            raise DataError(_missing_message(raw) + " (--no-download was given)")
-        _download(root, raw)
-        raw = _raw_dir(root)
+            raise DataError(f"{where}, and --no-download forbids fetching it. {_put_files_here(raw)}.")
+        _download(raw)
     for name, (magic, dims, count) in MNIST_FILES.items():
         validate_idx(raw / name, magic, dims, count)
 

@@ -10,12 +10,17 @@ from infer.contract import IMAGE_SIZE, LABELS
 from infer.report import render_confusion
 
 
-def _save(fig, path: Path) -> None:
+def _png_text(model_name: str | None, description: str) -> dict[str, str]:
+    """PNG text chunks: which model the picture describes (its checkpoint's file name) and what it shows."""
+    return {"Description": description, **({"Source": model_name} if model_name else {})}
+
+
+def _save(fig, path: Path, model_name: str | None, description: str) -> None:
     with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=100, format="png")
+        fig.savefig(tmp, dpi=100, format="png", metadata=_png_text(model_name, description))
 
 
-def plot_curves(history: list[dict], path: Path) -> None:
+def plot_curves(history: list[dict], path: Path, model_name: str | None = None) -> None:
     """Loss and accuracy per epoch."""
     import matplotlib
 
@@ -31,18 +36,25 @@ def plot_curves(history: list[dict], path: Path) -> None:
     ax_acc.plot(epochs, [100 * h["train_accuracy"] for h in history], label="train (10k sample)")
     if history and history[0]["val_accuracy"] is not None:
         ax_acc.plot(epochs, [100 * h["val_accuracy"] for h in history], label="validation")
+    # Zoom on where the run spends its time: the first few epochs' climb would squash the rest.
+    later = [100 * h[k] for h in history[len(history) // 10 :] for k in ("train_accuracy", "val_accuracy")
+             if h[k] is not None]
+    if len(history) >= 10 and later:
+        ax_acc.set_ylim(max(0.0, min(later) - 1), min(100.0, max(later) + 0.5))
     ax_acc.set_xlabel("epoch")
     ax_acc.set_ylabel("accuracy (%)")
     ax_acc.set_title("Accuracy")
     for ax in (ax_loss, ax_acc):
         ax.grid(alpha=0.3)
         ax.legend()
+    if model_name:
+        fig.suptitle(model_name, fontsize=10)
     fig.tight_layout()
-    _save(fig, path)
+    _save(fig, path, model_name, "training loss and accuracy per epoch")
     plt.close(fig)
 
 
-def plot_first_layer(weights: np.ndarray, path: Path, max_units: int = 64) -> None:
+def plot_first_layer(weights: np.ndarray, path: Path, max_units: int = 64, model_name: str | None = None) -> None:
     """Each first-layer unit's 784 input weights drawn as a 28x28 image (red +, blue -)."""
     import matplotlib
 
@@ -60,12 +72,19 @@ def plot_first_layer(weights: np.ndarray, path: Path, max_units: int = 64) -> No
             lim = float(np.abs(w).max()) or 1.0
             ax.imshow(w, cmap="seismic", vmin=-lim, vmax=lim)
             ax.set_title(f"unit {i}", fontsize=8)
-    fig.suptitle("What the first hidden layer learned (input weights; red +, blue -)", fontsize=9)
+    prefix = f"{model_name}: what" if model_name else "What"
+    fig.suptitle(f"{prefix} the first hidden layer learned (input weights; red +, blue -)", fontsize=9)
     fig.tight_layout()
-    _save(fig, path)
+    _save(fig, path, model_name, "first-layer input weights of each hidden unit, as 28x28 images")
     plt.close(fig)
 
 
-def plot_confusion(confusion: list[list[int]], path: Path, title: str) -> None:
+def plot_confusion(confusion: list[list[int]], path: Path, title: str, model_name: str | None = None) -> None:
+    """The test set's confusion matrix (rows: true digit, columns: predicted)."""
+    from PIL.PngImagePlugin import PngInfo
+
+    info = PngInfo()
+    for key, value in _png_text(model_name, "test-set confusion matrix (rows true, columns predicted)").items():
+        info.add_text(key, value)
     with atomic_path(path) as tmp:
-        render_confusion(np.asarray(confusion), LABELS, title).save(tmp, format="PNG")
+        render_confusion(np.asarray(confusion), LABELS, title).save(tmp, format="PNG", pnginfo=info)

@@ -5,20 +5,28 @@ DataLoader and per-parameter optimizer bookkeeping: every parameter and gradient
 flat tensor, batches are gathered by index into buffers allocated once, and the optimizer updates the
 flat tensor in a handful of in-place ops. `tests/test_train.py` checks the maths against autograd and
 torch.optim.
+
+Before the first epoch the inputs are prepared once: deskewed (infer.preprocess.deskew), an
+augmentation pool built (trainer.augment), and with PCA whitening (trainer.whiten) the whole pool
+projected, so that each batch is a single index_select; the whitening is folded back into the first
+layer at the end, and the test set is scored by the network as saved, on pixels.
 """
 from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 from typing import Callable
 
 import torch
 
 from infer.contract import IMAGE_SIZE, PIXEL_SCALE
+from infer.preprocess import deskew
+from trainer.augment import build_pool
 from trainer.data import MnistSplits, split_validation
 from trainer.model import MLP, ModelConfig, build_model, normalise
 from trainer.recipes import Recipe
+from trainer.whiten import Whitening, fit_whitening, fold_whitening
 
 MNIST_MEAN, MNIST_STD = 0.1307, 0.3081  # training-set pixel statistics in [0,1]
 
@@ -68,8 +76,11 @@ class TrainResult:
     val_accuracy: float | None
     test_accuracy: float
     test_confusion: list[list[int]]  # [true][predicted]
-    train_seconds: float
-    extra: dict = field(default_factory=dict)
+    train_seconds: float  # the epochs' loop
+    prepare_seconds: float = 0.0  # pool, deskew, whitening: everything before the first epoch
+    deskew: bool = False  # the network reads deskewed digits (infer.preprocess.deskew)
+    whitening: Whitening | None = None  # the PCA whitening the first layer was trained on, if any
+    trained_model: MLP | None = None  # with whitening: the network as trained (reads whitened inputs)
 
 
 class FlatMLP:
@@ -156,50 +167,65 @@ def _cos(a: float, b: float, frac: float) -> float:
 def schedule_at(recipe: Recipe, step: int, total: int) -> tuple[float, float | None]:
     """(learning rate, Adam beta1 or None) at optimizer step `step` of `total`.
 
-    One-cycle follows torch's OneCycleLR defaults: lr warms up over 30% of the steps from lr/25 to lr,
-    then anneals to lr/25/1e4, while Adam's beta1 cycles 0.95 -> 0.85 -> 0.95.
+    One-cycle follows torch's OneCycleLR (cosine annealing): lr warms up over pct_start of the steps
+    from lr/div_factor to lr, then anneals to lr/div_factor/final_div_factor, while Adam's beta1
+    cycles 0.95 -> 0.85 -> 0.95.
     """
     if recipe.schedule == "constant":
         return recipe.lr, None
     if recipe.schedule == "cosine":
         return _cos(recipe.lr, 0.0, step / total), None
-    start, peak, end = recipe.lr / 25, recipe.lr, recipe.lr / 25 / 1e4
-    warm = max(1.0, 0.3 * total - 1)
+    start, peak = recipe.lr / recipe.div_factor, recipe.lr
+    end = start / recipe.final_div_factor
+    warm = max(1.0, recipe.pct_start * total - 1)
     if step <= warm:
         return _cos(start, peak, step / warm), _cos(0.95, 0.85, step / warm)
     frac = (step - warm) / max(1.0, total - 1 - warm)
     return _cos(peak, end, frac), _cos(0.85, 0.95, frac)
 
 
-class ShiftedGather:
-    """Gathers a normalised batch in which every image is translated by its own random (dy, dx).
+def shift_table(images_u8: torch.Tensor, shift: int) -> torch.Tensor:
+    """uint8 [N,28,28] -> uint8 [(2 shift + 1)^2, N, 28, 28]: every image translated by every (dy, dx).
 
-    The training images are stored once per translation as uint8 (9 x 43 MB for +-1 pixel), so a
-    batch is one index_select of bytes, a conversion and an affine normalisation: four ops, against
-    a strided copy per translation. MNIST's background is 0, so shifting in uint8 fills correctly.
+    MNIST's background is 0, so shifting in uint8 with zero padding fills correctly.
+    """
+    s = IMAGE_SIZE
+    moves = [(dy, dx) for dy in range(-shift, shift + 1) for dx in range(-shift, shift + 1)]
+    padded = torch.nn.functional.pad(images_u8, (shift, shift, shift, shift))
+    table = torch.empty((len(moves), *images_u8.shape), dtype=torch.uint8, device=images_u8.device)
+    for k, (dy, dx) in enumerate(moves):
+        table[k] = padded[:, shift - dy : shift - dy + s, shift - dx : shift - dx + s]
+    return table
+
+
+class PoolGather:
+    """Batches drawn from V variants of each of n training images (augmented copies, shifted copies).
+
+    The variants are one table, variant v of image i at row v n + i, so a batch in which every image
+    comes from its own random variant is one index_select: of bytes, followed by a conversion and an
+    affine normalisation (a uint8 table, 4x smaller), or of ready inputs (a float table, e.g. the
+    whitened pool).
     """
 
-    def __init__(self, images_u8: torch.Tensor, shift: int, mean: float, std: float, seed: int, max_batch: int):
-        n, s = len(images_u8), IMAGE_SIZE
-        moves = [(dy, dx) for dy in range(-shift, shift + 1) for dx in range(-shift, shift + 1)]
-        padded = torch.nn.functional.pad(images_u8, (shift, shift, shift, shift))
-        self.table = torch.empty((len(moves), n, s, s), dtype=torch.uint8, device=images_u8.device)
-        for k, (dy, dx) in enumerate(moves):
-            self.table[k] = padded[:, shift - dy : shift - dy + s, shift - dx : shift - dx + s]
-        self.table = self.table.view(len(moves) * n, s * s)
-        self.n, self.k = n, len(moves)
+    def __init__(self, table: torch.Tensor, n: int, seed: int, max_batch: int, scale: float = 1.0,
+                 offset: float = 0.0):
+        self.table, self.n, self.variants = table, n, len(table) // n
         self.generator = torch.Generator().manual_seed(seed)
-        self.scale, self.offset = 1.0 / (PIXEL_SCALE * std), -mean / std
-        self.raw = torch.empty(max_batch, s * s, dtype=torch.uint8, device=images_u8.device)
-        self.out = torch.empty(max_batch, s * s, device=images_u8.device)
+        self.scale, self.offset = scale, offset
+        self.raw = torch.empty(max_batch, table.shape[1], dtype=table.dtype, device=table.device)
+        self.out = torch.empty(max_batch, table.shape[1], device=table.device)
 
     def rows(self, perm: torch.Tensor) -> torch.Tensor:
-        """Table rows for an epoch's order of images, each image with its own random translation."""
-        moves = torch.randint(0, self.k, (len(perm),), generator=self.generator).to(perm.device)
-        return moves.mul_(self.n).add_(perm)
+        """Table rows for an epoch's order of images, each image from its own random variant."""
+        if self.variants == 1:
+            return perm
+        variant = torch.randint(0, self.variants, (len(perm),), generator=self.generator).to(perm.device)
+        return variant.mul_(self.n).add_(perm)
 
     def gather(self, rows: torch.Tensor) -> torch.Tensor:
         m = len(rows)
+        if self.table.dtype != torch.uint8:
+            return torch.index_select(self.table, 0, rows, out=self.out[:m])
         pixels = torch.index_select(self.table, 0, rows, out=self.raw[:m])
         return self.out[:m].copy_(pixels).mul_(self.scale).add_(self.offset)
 
@@ -215,60 +241,111 @@ def confusion_matrix(true: torch.Tensor, pred: torch.Tensor, k: int) -> list[lis
 
 
 def prepare_pixels(images_u8: torch.Tensor, mean: float, std: float, device: str) -> torch.Tensor:
-    """uint8 [N,28,28] -> normalised float32 [N,784] on the device (in place: no extra copies)."""
-    pixels = images_u8.to(device).reshape(len(images_u8), -1).float()
+    """uint8 [N,28,28] or [N,784] -> normalised float32 [N,784] on the device (in place: no extra copies)."""
+    pixels = images_u8.to(device).flatten(1).float()
     pixels.div_(PIXEL_SCALE)
     return normalise(pixels, mean, std, inplace=True) if (mean, std) != (0.0, 1.0) else pixels
+
+
+def _model_inputs(images_u8: torch.Tensor, mean: float, std: float, device: str,
+                  whitening: Whitening | None, batch: int = 16384) -> torch.Tensor:
+    """uint8 [N,28,28] or [N,784] -> what the trained first layer reads: normalised pixels float32 [N,784],
+    or their whitened projection float32 [N,k] (converted in batches: the pool stays uint8 until here)."""
+    if whitening is None:
+        return prepare_pixels(images_u8, mean, std, device)
+    out = torch.empty(len(images_u8), whitening.components, device=device)
+    for i in range(0, len(images_u8), batch):
+        out[i : i + batch] = whitening.transform(prepare_pixels(images_u8[i : i + batch], mean, std, device))
+    return out
+
+
+def _deskewed(images_u8: torch.Tensor, on: bool) -> torch.Tensor:
+    """The digits deskewed by infer.preprocess.deskew, the function mnist-infer applies (when `on`)."""
+    return torch.from_numpy(deskew(images_u8.numpy())) if on and len(images_u8) else images_u8
 
 
 def train(
     config: TrainConfig,
     data: MnistSplits,
     on_epoch: Callable[[EpochStats], None] | None = None,
+    log: Callable[[str], None] | None = None,
+    on_start: Callable[[], None] | None = None,
 ) -> TrainResult:
-    """Train the configured network on MNIST; evaluate on the test set once, at the end."""
+    """Train the configured network on MNIST; evaluate on the test set once, at the end.
+
+    Raises ValueError for a recipe that does not fit the network or the data (e.g. more PCA
+    components than inputs). `log` receives one line per preparation step (pool, whitening);
+    `on_start` is called when the preparation is done and the first epoch begins.
+    """
     recipe, device = config.recipe, config.device
+    log = log or (lambda msg: None)
     torch.manual_seed(config.seed)
     gen = torch.Generator(device="cpu").manual_seed(config.seed)
+    if recipe.pca > config.model.input_size:
+        raise ValueError(f"--pca {recipe.pca} is more components than the {config.model.input_size} inputs")
 
+    t_prepare = time.perf_counter()
     mean, std = (MNIST_MEAN, MNIST_STD) if recipe.normalise else (0.0, 1.0)
     train_idx, val_idx = split_validation(len(data.train_images), config.val_size, config.seed)
-    train_u8 = data.train_images[train_idx]
+    n = len(train_idx)
     y_train = data.train_labels[train_idx].to(device)
-    x_val = prepare_pixels(data.train_images[val_idx], mean, std, device)
     y_val = data.train_labels[val_idx].to(device)
-    n_probe = min(len(train_u8), 10000)  # training accuracy is tracked on a fixed sample, for speed
-    x_probe, y_probe = prepare_pixels(train_u8[:n_probe], mean, std, device), y_train[:n_probe]
+    # Validation and test digits go through infer's own deskew, so the recorded accuracy is exactly
+    # what mnist-infer scores on the same digits.
+    val_u8 = _deskewed(data.train_images[val_idx], recipe.deskew)
+    if recipe.copies:
+        t0 = time.perf_counter()
+        pool = torch.from_numpy(build_pool(data.train_images[train_idx].numpy(), recipe, config.seed))
+        log(f"augmentation pool: {n} digits + {recipe.copies} augmented {'copy' if recipe.copies == 1 else 'copies'}"
+            f"{', deskewed' if recipe.deskew else ''} ({time.perf_counter() - t0:.1f}s)")
+    else:
+        pool = _deskewed(data.train_images[train_idx], recipe.deskew)[None]
+    clean = pool[0]  # the unaugmented training digits (deskewed when the recipe deskews)
+    whitening = None
+    if recipe.pca:
+        t0 = time.perf_counter()
+        whitening = fit_whitening(prepare_pixels(clean, mean, std, "cpu"), recipe.pca, recipe.pca_eps)
+        log(f"PCA whitening: {recipe.pca} components ({time.perf_counter() - t0:.1f}s)")
+    n_probe = min(n, 10000)  # training accuracy is tracked on a fixed sample of clean digits, for speed
+    x_probe, y_probe = _model_inputs(clean[:n_probe], mean, std, device, whitening), y_train[:n_probe]
+    if recipe.shift:
+        pool = shift_table(clean, recipe.shift)
+    del clean
+    variants = len(pool)
+    table = pool.reshape(variants * n, -1).to(device)
+    del pool
+    if whitening is not None or variants == 1:
+        gather = PoolGather(_model_inputs(table, mean, std, device, whitening), n, config.seed, recipe.batch_size)
+    else:
+        gather = PoolGather(table, n, config.seed, recipe.batch_size, 1.0 / (PIXEL_SCALE * std), -mean / std)
+    del table
+    x_val = _model_inputs(val_u8, mean, std, device, whitening)
     onehot = torch.nn.functional.one_hot(y_train, config.model.num_classes).float()
+    prepare_seconds = time.perf_counter() - t_prepare
 
-    model = build_model(config.model).to(device)
+    trained_config = config.model if whitening is None else replace(config.model, input_size=whitening.components)
+    model = build_model(trained_config).to(device)
     flat = FlatMLP(model, recipe.batch_size)
     opt = FlatOptimizer(recipe, flat.theta, flat.grad)
-    bs, n = recipe.batch_size, len(train_u8)
-    # Batches come either from the shifted uint8 table (augmentation) or from the float images.
-    shifter = ShiftedGather(train_u8.to(device), recipe.shift, mean, std, config.seed, bs) if recipe.shift else None
-    x_train = prepare_pixels(train_u8, mean, std, device) if shifter is None else None
-    xbuf = torch.empty(bs, IMAGE_SIZE * IMAGE_SIZE, device=device)
+    bs = recipe.batch_size
     ybuf = torch.empty(bs, onehot.shape[1], device=device)
     total_steps = recipe.epochs * math.ceil(n / bs)
     step = 0
 
     history: list[EpochStats] = []
     best = (-1.0, 0, flat.theta.clone())
+    if on_start:
+        on_start()
     t_start = time.perf_counter()
     for epoch in range(1, recipe.epochs + 1):
         t0 = time.perf_counter()
         perm = torch.randperm(n, generator=gen).to(device)
-        rows = shifter.rows(perm) if shifter is not None else None
+        rows = gather.rows(perm)
         loss_total = torch.zeros((), device=device)
         for start in range(0, n, bs):
             idx = perm[start : start + bs]
-            m = idx.shape[0]
-            if rows is not None:
-                x = shifter.gather(rows[start : start + bs])
-            else:
-                x = torch.index_select(x_train, 0, idx, out=xbuf[:m])
-            y = torch.index_select(onehot, 0, idx, out=ybuf[:m])
+            x = gather.gather(rows[start : start + bs])
+            y = torch.index_select(onehot, 0, idx, out=ybuf[: idx.shape[0]])
             loss_total.sub_(flat.step(x, y))
             lr, beta1 = schedule_at(recipe, step, total_steps)
             opt.step(lr, beta1)
@@ -291,21 +368,28 @@ def train(
             on_epoch(stats)
     train_seconds = time.perf_counter() - t_start
 
+    # Without a validation split the last epoch is kept.
     best_epoch = recipe.epochs
     if len(x_val):
         flat.theta.copy_(best[2])
         best_epoch = best[1]
-    x_test = prepare_pixels(data.test_images, mean, std, device)
-    y_test = data.test_labels.to(device)
-    pred = predict_classes(model, x_test)
-    test_acc = (pred == y_test).float().mean().item()
-    val_final = (predict_classes(model, x_val) == y_val).float().mean().item() if len(x_val) else None
+    # Hand back an ordinary module whose parameters own their memory, reading pixels.
+    trained = build_model(trained_config)
+    trained.load_state_dict({k: v.detach().cpu().clone() for k, v in model.state_dict().items()})
+    trained.eval()
+    final = fold_whitening(trained, whitening) if whitening is not None else trained
 
-    # Hand back an ordinary module whose parameters own their memory.
-    final = build_model(config.model)
-    final.load_state_dict({k: v.detach().cpu().clone() for k, v in model.state_dict().items()})
+    # The test set (and the final validation figure) through the network as it is saved: pixels in.
+    test_u8 = _deskewed(data.test_images, recipe.deskew)
+    x_test, y_test = prepare_pixels(test_u8, mean, std, device), data.test_labels.to(device)
+    final_dev = final.to(device)
+    pred = predict_classes(final_dev, x_test)
+    test_acc = (pred == y_test).float().mean().item()
+    val_final = None
+    if len(val_idx):
+        val_final = (predict_classes(final_dev, prepare_pixels(val_u8, mean, std, device)) == y_val).float().mean().item()
     return TrainResult(
-        model=final.eval(),
+        model=final.cpu().eval(),
         mean=mean,
         std=std,
         history=history,
@@ -314,4 +398,8 @@ def train(
         test_accuracy=test_acc,
         test_confusion=confusion_matrix(y_test.cpu(), pred.cpu(), config.model.num_classes),
         train_seconds=train_seconds,
+        prepare_seconds=prepare_seconds,
+        deskew=recipe.deskew,
+        whitening=whitening,
+        trained_model=trained if whitening is not None else None,
     )
