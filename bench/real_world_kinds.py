@@ -541,8 +541,10 @@ def _dark_corner(shapes, rng):
     return sample(photo_finish(canvas, rng), str(label), rng, jpeg_share=1.0)
 
 
-def _specks(canvas: np.ndarray, rng: np.random.Generator, count: int, radius: tuple[float, float], avoid=None, colour=(0, 80)):
-    """Dots, blots and short scratches, dark, none of them touching `avoid` (bool [H,W]: the digit's surroundings)."""
+def _specks(canvas: np.ndarray, rng: np.random.Generator, count: int, radius: tuple[float, float], avoid=None,
+            colour=(0, 80), scratches: float = 0.3):
+    """Dots, blots and (a `scratches` share of) short scratches, dark, none of them touching `avoid`
+    (bool [H,W]: the digit's surroundings)."""
     h, w = canvas.shape[:2]
     marks = np.zeros((h, w), np.uint8)
     for _ in range(count):
@@ -550,7 +552,7 @@ def _specks(canvas: np.ndarray, rng: np.random.Generator, count: int, radius: tu
             mark = np.zeros((h, w), np.uint8)
             y, x = int(rng.integers(0, h)), int(rng.integers(0, w))
             r = rng.uniform(*radius)
-            if rng.random() < 0.3:  # a short scratch or hair
+            if rng.random() < scratches:  # a short scratch or hair
                 angle = rng.uniform(0, np.pi)
                 dx, dy = np.cos(angle) * r * 2.5, np.sin(angle) * r * 2.5
                 cv2.line(mark, (int(x - dx), int(y - dy)), (int(x + dx), int(y + dy)), 255, max(1, int(r / 2)), cv2.LINE_AA)
@@ -615,8 +617,8 @@ def _alpha_speckle(shapes, rng):
 def _blank_paper(shapes, rng):
     h, w = int(rng.integers(120, 600)), int(rng.integers(120, 600))
     canvas = np.full((h, w), rng.uniform(180, 250), np.float32)
-    if rng.random() < 0.5:
-        _specks(canvas, rng, int(rng.integers(1, 10)), (0.5, 2.5))
+    if rng.random() < 0.5:  # dust; no scratches: a lone hair can be a thin 1
+        _specks(canvas, rng, int(rng.integers(1, 10)), (0.5, 2.5), scratches=0.0)
     return sample(add_noise(canvas, rng.uniform(0, 6), rng), "", rng)
 
 

@@ -271,7 +271,7 @@ def _paper_trend(small: np.ndarray) -> np.ndarray:
     u, v = (xs.ravel() / w - 0.5).astype(np.float32), (ys.ravel() / h - 0.5).astype(np.float32)
     design = np.stack([np.ones_like(u), u, v, u * u, u * v, v * v], axis=1)
     values = small[::step, ::step].ravel()
-    keep = np.ones(values.size, bool)
+    keep = values <= np.median(values)  # start from the darker half: paper, however much ink there is
     for _ in range(3):
         coef = np.linalg.lstsq(design[keep], values[keep], rcond=None)[0]
         resid = values - design @ coef
@@ -283,15 +283,39 @@ def _paper_trend(small: np.ndarray) -> np.ndarray:
     return c[0] + c[1] * gx + c[2] * gy + c[3] * gx * gx + c[4] * gx * gy + c[5] * gy * gy
 
 
+def _regrow_from_edges(opened: np.ndarray, image: np.ndarray) -> np.ndarray:
+    """The opening, with what it cut from the narrow tips of shadows and dark regions that come in
+    from the image's edges grown back (reconstruction by geodesic dilation under the image, kept only
+    where the regrown part reaches the edge). A stroke is brighter than the paper around it and does
+    not regrow; if a thick blob of a digit survived the opening, what regrows from it along the
+    strokes stays inside the image and is not kept."""
+    grown = opened
+    for _ in range(max(image.shape)):
+        step = cv2.min(cv2.dilate(grown, _SQUARE), image)
+        if np.array_equal(step, grown):
+            break
+        grown = step
+    regrown = cv2.compare(grown - opened, 2.0, cv2.CMP_GT)
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(regrown, connectivity=8)
+    h, w = image.shape
+    x, y, bw, bh = stats[:, 0], stats[:, 1], stats[:, 2], stats[:, 3]
+    at_edge = (x == 0) | (y == 0) | (x + bw == w) | (y + bh == h)
+    at_edge[0] = False
+    if not at_edge.any():
+        return opened
+    return np.where(at_edge[labels], grown, opened)
+
+
 def subtract_paper(grey: np.ndarray, dark_ink: bool) -> tuple[np.ndarray, float]:
     """uint8 [H,W] -> (ink uint8 [H,W]: grey levels above the local paper, bright = ink; paper noise sigma).
 
     The paper's level is estimated everywhere, not as one level or one plane, on a PAPER_SIDE-px copy
     (then enlarged): the light's overall fall-off as a quadratic surface fitted to the paper, and what
     it leaves (a soft shadow's edge, the table beyond a photo's paper edge) as a morphological opening
-    of the ink-bright image, wider than any stroke. An opening alone follows the light everywhere but
-    at the image's edges, where it only sees inwards and leaves a bright rim under a vignette; on the
-    remainder of the quadratic fit there is little slope left to misjudge. Kinds: `shadow`,
+    of the ink-bright image, wider than any stroke, regrown into the narrow tips of shadows
+    (`_regrow_from_edges`). An opening alone follows the light everywhere but at the image's edges,
+    where it only sees inwards and leaves a bright rim under a vignette; on the remainder of the
+    quadratic fit there is little slope left to misjudge. Kinds: `shadow`,
     `vignette`, `photo`, `dark-corner`, `blank-photo`.
     The noise sigma is (median - lower quartile) / 0.6745 of the residual over a sample of the pixels.
     """
@@ -303,16 +327,8 @@ def subtract_paper(grey: np.ndarray, dark_ink: bool) -> tuple[np.ndarray, float]
     trend = _paper_trend(small)
     k = max(3, int(min(PAPER_KERNEL * max(small.shape), min(small.shape))) | 1)
     flat = small - trend
-    paper = cv2.morphologyEx(flat, cv2.MORPH_OPEN, _kernel(k, k))
-    # Opening by reconstruction: what the opening cut from a shadow's narrow tip grows back from the
-    # shadow's wide part (geodesic dilation under the image); a stroke, brighter than the paper
-    # around it, does not.
-    for _ in range(max(small.shape)):
-        grown = cv2.min(cv2.dilate(paper, _SQUARE), flat)
-        if np.array_equal(grown, paper):
-            break
-        paper = grown
-    paper += trend
+    opened = cv2.morphologyEx(flat, cv2.MORPH_OPEN, _kernel(k, k))
+    paper = _regrow_from_edges(opened, flat) + trend
     paper = cv2.resize(paper, (w, h), interpolation=cv2.INTER_LINEAR) if f < 1 else paper
     residual = ink_up.astype(np.float32) - paper
     ink = cv2.convertScaleAbs(np.maximum(residual, 0))  # rounded, saturated uint8
@@ -333,16 +349,18 @@ def ink_level(ink: np.ndarray, noise: float) -> int:
     return int(max(MIN_INK_LEVEL, NOISE_SIGMAS * noise, INK_FRACTION * top))
 
 
-def _thin_runs(binary: np.ndarray, horizontal: bool, thickness: int, length: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Thin straight runs of ink along one axis: (labels int32, stats [n,5] as OpenCV gives, thin-ink mask)."""
+def _thin_runs(found: np.ndarray, solid: np.ndarray, horizontal: bool, thickness: int, length: int
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Thin straight runs along one axis, in `found` (where lines may be) but not thick in `solid` (the
+    ink): (labels int32, stats [n,5] as OpenCV gives them, the thin mask)."""
     def along(length: int, width: int) -> np.ndarray:  # a kernel `length` along the line, `width` across
         return _kernel(length, width) if horizontal else _kernel(width, length)
 
     # Thin: what an opening across the line with (thickness + 1) would delete; a digit's strokes that
     # cross the line are thick in that direction and stay.
     # (Outside the image is paper: a line along the image's edge is thin too.)
-    thick = cv2.morphologyEx(binary, cv2.MORPH_OPEN, along(1, thickness + 1), borderType=cv2.BORDER_CONSTANT, borderValue=0)
-    thin = cv2.subtract(binary, thick)
+    thick = cv2.morphologyEx(solid, cv2.MORPH_OPEN, along(1, thickness + 1), borderType=cv2.BORDER_CONSTANT, borderValue=0)
+    thin = cv2.subtract(found, thick)
     band = cv2.dilate(thin, along(1, 3))  # a line tilted by a pixel or two
     bridged = cv2.morphologyEx(band, cv2.MORPH_CLOSE, along(max(3, length // 3), 1))  # gaps where strokes cross
     runs = cv2.morphologyEx(bridged, cv2.MORPH_OPEN, along(length, 1))
@@ -409,12 +427,19 @@ def remove_rules(ink: np.ndarray, level: int) -> tuple[np.ndarray, int]:
     thickness = max(MIN_LINE_THICKNESS, round(LINE_THICKNESS * min(h, w)))
     if min(h, w) < 3 * thickness:
         return ink, 0
-    binary = cv2.compare(ink, level, cv2.CMP_GT)
+    # Ink averaged along the line's direction, at half the ink level: a faint line broken into dashes
+    # (JPEG, a reduced photo) is found whole; speckle averages away.
+    # Half the ink level, so that a faint line broken into dashes (JPEG, a reduced photo) is found
+    # whole; of that, only what stays inky averaged along the line's direction: speckle averages away.
+    half = max(MIN_INK_LEVEL // 2, level // 2)
+    faint = cv2.compare(ink, half, cv2.CMP_GT)
     found = []
     for horizontal, span in ((True, w), (False, h)):
-        labels, stats, band = _thin_runs(binary, horizontal, thickness, max(8, round(PIECE_SPAN * span)))
-        found.append((horizontal, span, labels, stats[1:], band))
-    (_, w_span, h_labels, h_stats, h_band), (_, h_span, v_labels, v_stats, v_band) = found
+        along = cv2.compare(cv2.blur(ink, (9, 1) if horizontal else (1, 9)), half, cv2.CMP_GT)
+        lines = cv2.bitwise_and(faint, along)
+        labels, stats, band = _thin_runs(lines, faint, horizontal, thickness, max(8, round(PIECE_SPAN * span)))
+        found.append((span, labels, stats[1:], band))
+    (w_span, h_labels, h_stats, h_band), (h_span, v_labels, v_stats, v_band) = found
     h_rules, v_rules = _rules(h_stats, True, w_span), _rules(v_stats, False, h_span)
     h_long = np.flatnonzero(h_stats[:, 2] >= FRAME_SPAN * w_span)
     v_long = np.flatnonzero(v_stats[:, 3] >= FRAME_SPAN * h_span)
@@ -430,8 +455,8 @@ def remove_rules(ink: np.ndarray, level: int) -> tuple[np.ndarray, int]:
             # a digit's stroke that runs along a line for a while is thicker, and stays.
             line = int(np.ceil(cv2.countNonZero(cv2.bitwise_and(runs, thin)) / max(length, 1)))
             across = _kernel(1, line + 3) if horizontal else _kernel(line + 3, 1)
-            thick = cv2.morphologyEx(binary, cv2.MORPH_OPEN, across, borderType=cv2.BORDER_CONSTANT, borderValue=0)
-            cut = cv2.bitwise_and(runs, cv2.subtract(binary, thick))
+            thick = cv2.morphologyEx(faint, cv2.MORPH_OPEN, across, borderType=cv2.BORDER_CONSTANT, borderValue=0)
+            cut = cv2.bitwise_and(runs, cv2.subtract(faint, thick))
             chosen.append((runs, cut, horizontal, length, len(ids)))
     if not chosen:
         return ink, 0
