@@ -487,18 +487,58 @@ def edge_sharpness(ink: np.ndarray, mask: np.ndarray, peak: float) -> float:
     return float(np.median(values)) / max(peak, 1.0) if values.size else 0.0
 
 
+def _not_digit_parts(x0, y0, x1, y1, area, h: int, w: int) -> np.ndarray:
+    """Per component (bounding boxes and areas as arrays): never part of a digit. Dark photo corners
+    (solid, in a corner of the image), strips along the image's edge (the paper's edge, a scanner's
+    margin) and frames around other sizeable ink (a box drawn by hand, a circle around the digit)."""
+    cw, ch = x1 - x0, y1 - y0
+    fill = area / np.maximum(cw * ch, 1)
+    left, top, right, bottom = x0 <= 0, y0 <= 0, x1 >= w, y1 >= h
+    touches = left.astype(int) + top + right + bottom
+    corner = (left | right) & (top | bottom) & (touches < 4) & (fill > 0.4)
+    strip = (left ^ right) & (ch >= 0.9 * h) & (cw <= 0.15 * w)
+    strip |= (top ^ bottom) & (cw >= 0.9 * w) & (ch <= 0.15 * h)
+    inside = ((x0[None] > x0[:, None]) & (x1[None] < x1[:, None]) & (y0[None] > y0[:, None]) & (y1[None] < y1[:, None])
+              & (ch[None] >= 0.25 * ch[:, None]))  # [i, j]: j lies inside i's box
+    frame = inside.any(axis=1) & (fill < 0.3)
+    return corner | strip | frame
+
+
+def _group(x0, y0, x1, y1, area, apart: np.ndarray, gap: float, height: float) -> np.ndarray:
+    """Group index per component: pieces of one digit are close (within `gap` px), and a speck beside
+    a stroke joins it only when touching it. Components flagged in `apart` stay alone."""
+    dx = np.maximum(0, np.maximum(x0[:, None], x0[None]) - np.minimum(x1[:, None], x1[None]))
+    dy = np.maximum(0, np.maximum(y0[:, None], y0[None]) - np.minimum(y1[:, None], y1[None]))
+    substantial = np.minimum(area[:, None], area[None]) >= 0.05 * np.maximum(area[:, None], area[None])
+    join = (dx <= gap) & (dy <= gap) & (substantial | (np.maximum(dx, dy) <= 0.03 * height))
+    join &= ~apart[:, None] & ~apart[None]
+    parent = list(range(len(x0)))
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    for i, j in np.argwhere(np.triu(join, 1)):
+        parent[root(int(i))] = root(int(j))
+    return np.array([root(i) for i in range(len(x0))])
+
+
 def keep_digit_components(ink: np.ndarray, level: int, noise: float) -> tuple[list[np.ndarray], bool]:
     """Ink uint8 [H,W] -> (one uint8 mask [H,W] per digit, left to right; whether sizeable marks were dropped).
 
-    Connected components of the ink (8-connected), grouped when closer than MERGE_GAP of the digit's
-    height (the two strokes of a 4, a broken 5). Left out: specks and dust, groups too small to be a
-    digit, dashes and underlines (far wider than tall), solid blobs, dark photo corners and strips
-    along the image's edge, frames around other ink (a box drawn by hand), and groups whose ink is
-    too faint to be a digit (a shadow's edge). The digit is the largest group that remains; other
-    groups of comparable height beside it (not above or below) are further digits.
+    Connected components of the ink (8-connected); dark photo corners, strips along the image's edge
+    and frames around other ink are set apart (`_not_digit_parts`); the rest are grouped when closer
+    than MERGE_GAP of the digit's height (the two strokes of a 4, a broken 5). Left out: specks and
+    dust, groups too small to be a digit, dashes and underlines (far wider than tall), solid blobs,
+    and groups too faint or too soft-edged to be ink (the edge of a shadow). The digit is the largest
+    group that remains; other groups of comparable height beside it (not above or below), with
+    comparable ink and strokes, are further digits.
     Raises ImageError("no digit found ...") when nothing digit-like remains: blank, ruled or squared
     paper, only lines or specks. Kinds: `specks`, `dark-corner`, `alpha-speckle`, `highlighter`,
-    `blank-*`, `two-digits`, `three-digits`; field images c05 (blank squared paper) and c06 ("17").
+    `boxed`, `blank-*`, `two-digits`, `three-digits`; field images c05 (blank squared paper) and
+    c06 ("17").
     """
     h, w = ink.shape
     binary = cv2.compare(ink, level, cv2.CMP_GT)
@@ -512,57 +552,32 @@ def keep_digit_components(ink: np.ndarray, level: int, noise: float) -> tuple[li
         raise _no_digit("only specks")
     x0, y0, cw, ch, area = (stats[order, i].astype(np.int64) for i in range(5))
     x1, y1 = x0 + cw, y0 + ch
-    sizeable = area >= 0.1 * area.max()
-    height = float(ch[sizeable].max())
-    gap = max(2.0, MERGE_GAP * height)
-    dx = np.maximum(0, np.maximum(x0[:, None], x0[None]) - np.minimum(x1[:, None], x1[None]))
-    dy = np.maximum(0, np.maximum(y0[:, None], y0[None]) - np.minimum(y1[:, None], y1[None]))
-    parent = list(range(len(order)))
-
-    def root(i: int) -> int:
-        while parent[i] != i:
-            parent[i] = parent[parent[i]]
-            i = parent[i]
-        return i
-
-    # Pieces of one digit: close together, and not a speck beside a stroke (unless touching it).
-    near = (dx <= gap) & (dy <= gap)
-    substantial = np.minimum(area[:, None], area[None]) >= 0.05 * np.maximum(area[:, None], area[None])
-    for i, j in np.argwhere(np.triu(near & (substantial | (np.maximum(dx, dy) <= 0.03 * height)), 1)):
-        parent[root(int(i))] = root(int(j))
-    roots = np.array([root(i) for i in range(len(order))])
+    apart = _not_digit_parts(x0, y0, x1, y1, area, h, w)
+    sizeable = (area >= 0.1 * area.max()) & ~apart
+    height = float(ch[sizeable].max()) if sizeable.any() else float(ch.max())
+    roots = _group(x0, y0, x1, y1, area, apart, max(2.0, MERGE_GAP * height), height)
     groups = []
     for r in np.unique(roots):
         members = roots == r
         gx0, gy0, gx1, gy1 = x0[members].min(), y0[members].min(), x1[members].max(), y1[members].max()
         groups.append(dict(ids=order[members] + 1, x0=gx0, y0=gy0, x1=gx1, y1=gy1, w=gx1 - gx0, h=gy1 - gy0,
-                           area=int(area[members].sum())))
+                           area=int(area[members].sum()), apart=bool(apart[members].any())))
     min_side = max(MIN_DIGIT_PX, MIN_DIGIT_SIDE * max(h, w))
     min_peak = max(MIN_CONTRAST, MIN_CONTRAST_SIGMAS * noise)
+    candidates = []
     for g in groups:
-        g["fill"] = g["area"] / float(g["w"] * g["h"])
-        left, top, right, bottom = g["x0"] <= 0, g["y0"] <= 0, g["x1"] >= w, g["y1"] >= h
-        touches = left + top + right + bottom
-        corner = (left or right) and (top or bottom) and touches < 4
-        strip = (left or right) and not (left and right) and g["h"] >= 0.9 * h and g["w"] <= 0.15 * w
-        strip |= (top or bottom) and not (top and bottom) and g["w"] >= 0.9 * w and g["h"] <= 0.15 * h
-        g["junk"] = (max(g["w"], g["h"]) < min_side  # a speck
-                     or g["w"] > 3 * g["h"]  # a dash, an underline, what is left of a line
-                     or (g["fill"] > 0.75 and g["h"] < 1.8 * g["w"])  # a blob, a smudge
-                     or (corner and g["fill"] > 0.5)  # a dark photo corner
-                     or strip)  # the paper's edge, a scanner's margin
-    for g in groups:  # a frame drawn around other ink is not the digit
-        if not g["junk"]:
-            g["frame"] = any(o is not g and not o["junk"] and o["x0"] > g["x0"] and o["x1"] < g["x1"]
-                             and o["y0"] > g["y0"] and o["y1"] < g["y1"] and o["h"] >= 0.25 * g["h"] for o in groups)
-    candidates = [g for g in groups if not g["junk"] and not g.get("frame")]
-    for g in candidates:  # too faint, or too soft-edged, to be ink: paper texture, the edge of a shadow
-        g["mask"] = np.isin(labels[g["y0"]:g["y1"], g["x0"]:g["x1"]], g["ids"]).view(np.uint8)
-        g["peak"] = cv2.minMaxLoc(ink[g["y0"]:g["y1"], g["x0"]:g["x1"]], g["mask"])[1]
-        g["sharpness"] = edge_sharpness(ink[g["y0"]:g["y1"], g["x0"]:g["x1"]], g["mask"], g["peak"])
-    candidates = [g for g in candidates if g["peak"] >= min_peak and g["sharpness"] >= MIN_SHARPNESS]
+        fill = g["area"] / float(g["w"] * g["h"])
+        if (g["apart"] or max(g["w"], g["h"]) < min_side  # a speck
+                or g["w"] > 3 * g["h"]  # a dash, an underline, what is left of a line
+                or (fill > 0.75 and g["h"] < 1.8 * g["w"])):  # a blob, a smudge
+            continue
+        box = (slice(g["y0"], g["y1"]), slice(g["x0"], g["x1"]))
+        g["mask"] = np.isin(labels[box], g["ids"]).view(np.uint8)
+        g["peak"] = cv2.minMaxLoc(ink[box], g["mask"])[1]
+        if g["peak"] >= min_peak and edge_sharpness(ink[box], g["mask"], g["peak"]) >= MIN_SHARPNESS:
+            candidates.append(g)
     if not candidates:
-        raise _no_digit("only lines, specks or marks" if len(groups) else "only specks")
+        raise _no_digit("only lines, specks or marks" if len(groups) > 1 else "only specks")
     main = max(candidates, key=lambda g: g["area"])
     beside = [g for g in candidates if g is not main
               and SIDE_BY_SIDE_HEIGHT * main["h"] <= g["h"] <= main["h"] / SIDE_BY_SIDE_HEIGHT
@@ -572,10 +587,9 @@ def keep_digit_components(ink: np.ndarray, level: int, noise: float) -> tuple[li
     if beside:  # written with the same pen: a hair or a scratch beside a digit is not a 1
         width = stroke_width(main["mask"])
         beside = [g for g in beside if stroke_width(g["mask"]) >= BESIDE_STROKE * width]
-    digits = [main] + beside
-    digits.sort(key=lambda g: g["x0"])
-    dropped = any(all(g is not d for d in digits) and max(g["w"], g["h"]) >= 0.3 * main["h"] and g["area"] >= 0.05 * main["area"]
-                  for g in groups)
+    digits = sorted([main] + beside, key=lambda g: g["x0"])
+    dropped = any(all(g is not d for d in digits) and max(g["w"], g["h"]) >= 0.3 * main["h"]
+                  and g["area"] >= 0.05 * main["area"] for g in groups)
     masks = [np.isin(labels, g["ids"]).view(np.uint8) * np.uint8(255) for g in digits]
     return masks, dropped
 
