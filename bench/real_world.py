@@ -135,8 +135,7 @@ def evaluate(kind, samples, clf) -> tuple[dict, list[tuple[float, bool]], dict[s
             old = None
         seconds_today += time.perf_counter() - t
         try:
-            for step, sec in profile_prepare(read_grey(s.open()))[1].items():
-                step_seconds[step] += sec
+            profile_prepare(read_grey(s.open()), step_seconds)
         except ImageError:
             pass
         raw = prepare_file(s.open(), mode="none").digits[0]

@@ -183,7 +183,7 @@ def _read_with_pillow(source: BinaryIO, mode: str) -> np.ndarray:
 # Deskewing is the model's business (`deskew`, applied by the pipeline when the model asks for it).
 
 WORK_SIDE = 256  # longest side the steps work at: a digit needs no more to fill a 20x20 box
-PAPER_SIDE = 64  # the paper is estimated on a copy this small: shadows are smooth, noise averages out
+PAPER_SIDE = 32  # the paper is estimated on a copy this small: shadows are smooth, noise averages out
 PAPER_KERNEL = 0.3  # opening width, fraction of the longer side: wider than any stroke, narrower than a shadow
 MIN_INK_LEVEL = 10  # grey levels above the local paper that can be ink at all
 NOISE_SIGMAS = 4.0  # ... and at least this many times the paper's noise
@@ -191,6 +191,7 @@ INK_FRACTION = 0.25  # ... and this fraction of the strongest ink's level
 MIN_CONTRAST = 20  # a digit's strongest ink stands at least this far from the paper (grey levels)
 MIN_CONTRAST_SIGMAS = 6.0  # ... and this many times the paper's noise (a faint blob of shading is not a digit)
 MIN_SHARPNESS = 0.15  # ... and rises from the paper within a few pixels (`edge_sharpness`): shading does not
+FAINT_SHARPNESS = 0.4  # ... and faint ink (below FAINT_CONTRAST) rises sharply: faint and soft is shading
 FAINT_CONTRAST = 50  # below this (grey levels) the ink is faint: `faint-ink`
 RULE_SPAN = 0.85  # a thin straight line this long (fraction of the image) is a rule or grid line
 RULE_COVER = 0.4  # ... with its pieces covering this much of it (the rest hidden under the digit's strokes)
@@ -210,6 +211,7 @@ BESIDE_STROKE = 0.35  # ... and strokes at least this wide relative to its strok
 
 _CROSS = cv2.getStructuringElement(cv2.MORPH_CROSS, (3, 3))
 _SQUARE = np.ones((3, 3), np.uint8)
+_SQUARE5 = np.ones((5, 5), np.uint8)
 _AXIS = np.arange(IMAGE_SIZE, dtype=np.float64)
 
 
@@ -262,25 +264,35 @@ def ink_is_dark(grey: np.ndarray) -> bool:
     return med - lo >= hi - med
 
 
+@functools.lru_cache(maxsize=64)
+def _quadratic_design(h: int, w: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(u [w], v [h], design [h*w, 6]): pixel centres in [-0.5, 0.5] and the terms 1, u, v, u^2, uv, v^2."""
+    u = (np.arange(w, dtype=np.float32) + 0.5) / w - 0.5
+    v = (np.arange(h, dtype=np.float32) + 0.5) / h - 0.5
+    uu, vv = np.broadcast_to(u, (h, w)).ravel(), np.broadcast_to(v[:, None], (h, w)).ravel()
+    return u, v, np.stack([np.ones_like(uu), uu, vv, uu * uu, uu * vv, vv * vv], axis=1)
+
+
+def _median(values: np.ndarray) -> float:
+    return float(np.partition(values, values.size // 2)[values.size // 2])
+
+
 def _paper_trend(small: np.ndarray) -> np.ndarray:
     """A quadratic surface a + bx + cy + dx^2 + exy + fy^2 fitted to the paper of a small float32 image
     (ink-bright), ink left out by iterated residual cuts: the light's overall fall-off (a vignette)."""
     h, w = small.shape
-    step = max(1, int(max(h, w) / 32))
-    ys, xs = np.mgrid[0:h:step, 0:w:step]
-    u, v = (xs.ravel() / w - 0.5).astype(np.float32), (ys.ravel() / h - 0.5).astype(np.float32)
-    design = np.stack([np.ones_like(u), u, v, u * u, u * v, v * v], axis=1)
-    values = small[::step, ::step].ravel()
-    keep = values <= np.median(values)  # start from the darker half: paper, however much ink there is
+    u, v, design = _quadratic_design(h, w)
+    values = small.ravel()
+    keep = values <= _median(values)  # start from the darker half: paper, however much ink there is
     for _ in range(3):
-        coef = np.linalg.lstsq(design[keep], values[keep], rcond=None)[0]
+        d = design[keep]
+        coef = np.linalg.solve(d.T @ d + np.float32(1e-6) * np.eye(6, dtype=np.float32), d.T @ values[keep])
         resid = values - design @ coef
-        med = np.median(resid[keep])
-        keep = resid <= med + 2.5 * 1.4826 * np.median(np.abs(resid[keep] - med)) + 1.0  # ink is above the paper
-    gy, gx = np.mgrid[0:h, 0:w].astype(np.float32)
-    gx, gy = gx / w - 0.5, gy / h - 0.5
+        kept = resid[keep]
+        med = _median(kept)
+        keep = resid <= med + 2.5 * 1.4826 * _median(np.abs(kept - med)) + 1.0  # ink is above the paper
     c = coef.astype(np.float32)
-    return c[0] + c[1] * gx + c[2] * gy + c[3] * gx * gx + c[4] * gx * gy + c[5] * gy * gy
+    return c[0] + c[1] * u + c[2] * v[:, None] + c[3] * u * u + c[4] * u * v[:, None] + c[5] * (v * v)[:, None]
 
 
 def _regrow_from_edges(opened: np.ndarray, image: np.ndarray) -> np.ndarray:
@@ -291,7 +303,7 @@ def _regrow_from_edges(opened: np.ndarray, image: np.ndarray) -> np.ndarray:
     strokes stays inside the image and is not kept."""
     grown = opened
     for _ in range(max(image.shape)):
-        step = cv2.min(cv2.dilate(grown, _SQUARE), image)
+        step = cv2.min(cv2.dilate(grown, _SQUARE5), image)
         if np.array_equal(step, grown):
             break
         grown = step
@@ -574,7 +586,8 @@ def keep_digit_components(ink: np.ndarray, level: int, noise: float) -> tuple[li
         box = (slice(g["y0"], g["y1"]), slice(g["x0"], g["x1"]))
         g["mask"] = np.isin(labels[box], g["ids"]).view(np.uint8)
         g["peak"] = cv2.minMaxLoc(ink[box], g["mask"])[1]
-        if g["peak"] >= min_peak and edge_sharpness(ink[box], g["mask"], g["peak"]) >= MIN_SHARPNESS:
+        sharpness = edge_sharpness(ink[box], g["mask"], g["peak"])
+        if g["peak"] >= min_peak and sharpness >= (MIN_SHARPNESS if g["peak"] >= FAINT_CONTRAST else FAINT_SHARPNESS):
             candidates.append(g)
     if not candidates:
         raise _no_digit("only lines, specks or marks" if len(groups) > 1 else "only specks")
@@ -745,9 +758,8 @@ def prepare(grey: np.ndarray, *, multi_digit: bool = False) -> Prepared:
     return _prepare(grey, multi_digit, _no_lap)
 
 
-def profile_prepare(grey: np.ndarray, *, multi_digit: bool = False) -> tuple[Prepared, dict[str, float]]:
-    """`prepare` and the seconds spent in each step (bench/real_world.py prints them)."""
-    times: dict[str, float] = {}
+def profile_prepare(grey: np.ndarray, times: dict[str, float], *, multi_digit: bool = False) -> Prepared:
+    """`prepare`, adding the seconds spent in each step to `times` (also when it raises ImageError)."""
     last = [time.perf_counter()]
 
     def lap(step: str) -> None:
@@ -755,7 +767,7 @@ def profile_prepare(grey: np.ndarray, *, multi_digit: bool = False) -> tuple[Pre
         times[step] = times.get(step, 0.0) + now - last[0]
         last[0] = now
 
-    return _prepare(grey, multi_digit, lap), times
+    return _prepare(grey, multi_digit, lap)
 
 
 def to_mnist(grey: np.ndarray) -> np.ndarray:
