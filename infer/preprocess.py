@@ -380,11 +380,11 @@ def _thin_runs(found: np.ndarray, solid: np.ndarray, horizontal: bool, thickness
     return labels, stats, thin
 
 
-def _rules(stats: np.ndarray, horizontal: bool, span: int) -> set[int]:
-    """Indices of segments that, with the collinear pieces beside them (one ruled line interrupted where
-    the digit crosses it), span RULE_SPAN of the image and cover RULE_COVER of it."""
+def _rules(stats: np.ndarray, horizontal: bool, span: int) -> list[list[int]]:
+    """Segments (indices, grouped by line) that, with the collinear pieces beside them (one ruled line
+    interrupted where the digit crosses it), span RULE_SPAN of the image and cover RULE_COVER of it."""
     if len(stats) == 0:
-        return set()
+        return []
     across = stats[:, 1] + stats[:, 3] / 2 if horizontal else stats[:, 0] + stats[:, 2] / 2
     start, length = (stats[:, 0], stats[:, 2]) if horizontal else (stats[:, 1], stats[:, 3])
     order = np.argsort(across, kind="stable")
@@ -396,12 +396,8 @@ def _rules(stats: np.ndarray, horizontal: bool, span: int) -> set[int]:
             clusters.append(current)
             current = [int(b)]
     clusters.append(current)
-    rules: set[int] = set()
-    for c in clusters:
-        extent = max(start[c] + length[c]) - min(start[c])
-        if extent >= RULE_SPAN * span and length[c].sum() >= RULE_COVER * span:
-            rules.update(c)
-    return rules
+    return [c for c in clusters
+            if max(start[c] + length[c]) - min(start[c]) >= RULE_SPAN * span and length[c].sum() >= RULE_COVER * span]
 
 
 def _frame_sides(h_stats: np.ndarray, v_stats: np.ndarray, tol: float) -> tuple[set[int], set[int]]:
@@ -456,36 +452,59 @@ def remove_rules(ink: np.ndarray, level: int) -> tuple[np.ndarray, int]:
     h_long = np.flatnonzero(h_stats[:, 2] >= FRAME_SPAN * w_span)
     v_long = np.flatnonzero(v_stats[:, 3] >= FRAME_SPAN * h_span)
     h_frame, v_frame = _frame_sides(h_stats[h_long], v_stats[v_long], tol=max(4.0, 0.06 * max(h, w)))
-    h_frame, v_frame = {int(h_long[i]) for i in h_frame}, {int(v_long[i]) for i in v_frame}
-    chosen = []
-    for ids, labels, stats, thin, horizontal in ((h_rules | h_frame, h_labels, h_stats, h_band, True),
-                                                  (v_rules | v_frame, v_labels, v_stats, v_band, False)):
-        if ids:
-            runs = np.isin(labels, np.fromiter((i + 1 for i in ids), np.int32)).view(np.uint8) * np.uint8(255)
-            length = sum(int(stats[i, 2] if horizontal else stats[i, 3]) for i in ids)
-            # Cut only what is as thin as the lines themselves (their mean thickness, a pixel either side):
-            # a digit's stroke that runs along a line for a while is thicker, and stays.
-            line = int(np.ceil(cv2.countNonZero(cv2.bitwise_and(runs, thin)) / max(length, 1)))
-            across = _kernel(1, line + 3) if horizontal else _kernel(line + 3, 1)
-            thick = cv2.morphologyEx(faint, cv2.MORPH_OPEN, across, borderType=cv2.BORDER_CONSTANT, borderValue=0)
-            cut = cv2.bitwise_and(runs, cv2.subtract(faint, thick))
-            chosen.append((runs, cut, horizontal, length, len(ids)))
-    if not chosen:
+    h_lines = h_rules + [[int(h_long[i])] for i in h_frame if not any(h_long[i] in c for c in h_rules)]
+    v_lines = v_rules + [[int(v_long[i])] for i in v_frame if not any(v_long[i] in c for c in v_rules)]
+    if not h_lines and not v_lines:
         return ink, 0
-    # Where a horizontal and a vertical line cross, each is thick in the other's direction: both go.
-    crossings = cv2.bitwise_and(chosen[0][0], chosen[1][0]) if len(chosen) == 2 else None
     cuts = []
-    for _, cut, horizontal, length, _ in chosen:
-        across = int(np.ceil(cv2.countNonZero(cut) / max(length, 1))) + 2  # the lines' mean thickness, and a pixel
-        cuts.append((cut if crossings is None else cv2.bitwise_or(cut, crossings), horizontal, across))
+    for lines, labels, stats, thin, horizontal in ((h_lines, h_labels, h_stats, h_band, True),
+                                                    (v_lines, v_labels, v_stats, v_band, False)):
+        if lines:
+            band, width = _line_bands(lines, labels, stats, thin, horizontal)
+            # Cut only what is as thin as the lines themselves, inside their own band: a digit's
+            # stroke that crosses a line, or runs beside it, stays.
+            across = _kernel(1, width + 2) if horizontal else _kernel(width + 2, 1)
+            thick = cv2.morphologyEx(faint, cv2.MORPH_OPEN, across, borderType=cv2.BORDER_CONSTANT, borderValue=0)
+            cuts.append([band, cv2.bitwise_and(band, cv2.subtract(faint, thick)), horizontal, width])
+    if len(cuts) == 2:  # where a horizontal and a vertical line cross, each is thick in the other's direction
+        crossings = cv2.bitwise_and(cuts[0][0], cuts[1][0])
+        for c in cuts:
+            c[1] = cv2.bitwise_or(c[1], crossings)
     out = ink.copy()
-    for cut, _, _ in cuts:
+    for _, cut, _, _ in cuts:
         out[cut > 0] = 0
-    for cut, horizontal, across in cuts:
+    for _, cut, horizontal, width in cuts:
         # A thin stroke that crossed the line was cut with it: close the cut across the line.
-        closed = cv2.morphologyEx(out, cv2.MORPH_CLOSE, _kernel(3, across) if horizontal else _kernel(across, 3))
+        closed = cv2.morphologyEx(out, cv2.MORPH_CLOSE, _kernel(3, width + 1) if horizontal else _kernel(width + 1, 3))
         cv2.copyTo(closed, cut, out)
-    return out, sum(c[4] for c in chosen)
+    return out, len(h_lines) + len(v_lines)
+
+
+def _line_bands(lines: list[list[int]], labels: np.ndarray, stats: np.ndarray, thin: np.ndarray,
+                horizontal: bool) -> tuple[np.ndarray, int]:
+    """Each line (its run segments' indices) as a straight band, fitted through its thin pixels, as
+    thick as the thickest line (a pixel to spare): (uint8 mask, band width in pixels)."""
+    fits = []
+    for ids in lines:
+        x0, y0 = stats[ids, 0].min(), stats[ids, 1].min()
+        x1, y1 = (stats[ids, 0] + stats[ids, 2]).max(), (stats[ids, 1] + stats[ids, 3]).max()
+        box = (slice(y0, y1), slice(x0, x1))
+        ys, xs = np.nonzero(np.isin(labels[box], np.asarray(ids) + 1) & (thin[box] > 0))
+        if len(ys) < 2:
+            continue
+        along, across = (xs + x0, ys + y0) if horizontal else (ys + y0, xs + x0)
+        slope, offset = np.polyfit(along.astype(np.float64), across.astype(np.float64), 1) if np.ptp(along) else (0.0, across.mean())
+        extent = max(1, int(np.ptp(along)) + 1)
+        fits.append((slope, offset, int(along.min()), int(along.max()), len(ys) / extent))
+    band = np.zeros(labels.shape, np.uint8)
+    if not fits:
+        return band, 1
+    width = int(np.ceil(max(f[4] for f in fits))) + 1
+    for slope, offset, lo, hi, _ in fits:
+        a, b = (lo, slope * lo + offset), (hi, slope * hi + offset)
+        p, q = (a, b) if horizontal else (a[::-1], b[::-1])
+        cv2.line(band, (round(p[0] * 16), round(p[1] * 16)), (round(q[0] * 16), round(q[1] * 16)), 255, width, cv2.LINE_8, 4)
+    return band, width
 
 
 def edge_sharpness(ink: np.ndarray, mask: np.ndarray, peak: float) -> float:
@@ -537,6 +556,14 @@ def _group(x0, y0, x1, y1, area, apart: np.ndarray, gap: float, height: float) -
     return np.array([root(i) for i in range(len(x0))])
 
 
+def _has_hole(mask: np.ndarray) -> bool:
+    """Whether a mask (uint8, nonzero = ink) encloses paper: the paper reached from outside is not all of it."""
+    outside = cv2.copyMakeBorder((mask > 0).view(np.uint8), 1, 1, 1, 1, cv2.BORDER_CONSTANT, value=0)
+    paper = outside.size - cv2.countNonZero(outside)
+    cv2.floodFill(outside, None, (0, 0), 1)
+    return outside.size - cv2.countNonZero(outside) > 0 and paper > 0
+
+
 def keep_digit_components(ink: np.ndarray, level: int, noise: float) -> tuple[list[np.ndarray], bool]:
     """Ink uint8 [H,W] -> (one uint8 mask [H,W] per digit, left to right; whether sizeable marks were dropped).
 
@@ -580,11 +607,12 @@ def keep_digit_components(ink: np.ndarray, level: int, noise: float) -> tuple[li
     for g in groups:
         fill = g["area"] / float(g["w"] * g["h"])
         if (g["apart"] or max(g["w"], g["h"]) < min_side  # a speck
-                or g["w"] > 3 * g["h"]  # a dash, an underline, what is left of a line
-                or (fill > 0.75 and g["h"] < 1.8 * g["w"])):  # a blob, a smudge
+                or g["w"] > 3 * g["h"]):  # a dash, an underline, what is left of a line
             continue
         box = (slice(g["y0"], g["y1"]), slice(g["x0"], g["x1"]))
         g["mask"] = np.isin(labels[box], g["ids"]).view(np.uint8)
+        if fill > 0.75 and g["h"] < 1.8 * g["w"] and not _has_hole(g["mask"]):
+            continue  # a blob, a smudge (a bold 0 has a hole)
         g["peak"] = cv2.minMaxLoc(ink[box], g["mask"])[1]
         sharpness = edge_sharpness(ink[box], g["mask"], g["peak"])
         if g["peak"] >= min_peak and sharpness >= (MIN_SHARPNESS if g["peak"] >= FAINT_CONTRAST else FAINT_SHARPNESS):
@@ -670,16 +698,27 @@ def normalise_strokes(ink: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, bo
     return thick, True
 
 
+def _mass_bounds(mass: np.ndarray, cut: float = 0.002) -> tuple[int, int]:
+    """First and last index holding the central (1 - 2*cut) of the mass: a faint fringe falls outside."""
+    cum = np.cumsum(mass, dtype=np.float64)
+    lo, hi = np.searchsorted(cum, [cut * cum[-1], (1 - cut) * cum[-1]])
+    return int(lo), int(min(hi, len(mass) - 1))
+
+
 def fit_and_centre(ink: np.ndarray) -> np.ndarray:
     """A digit's ink float32 [h,w] in [0,1] -> uint8 [28,28] in MNIST's layout.
 
-    As MNIST was made: the ink's bounding box scaled to fit a 20x20 box keeping the aspect ratio (area
-    averaging when shrinking), then placed so that its centre of mass is at (14, 14), kept in frame.
+    As MNIST was made: the ink's bounding box (the central 99.6% of its mass, so that a faint fringe
+    does not shrink the digit) scaled to fit a 20x20 box keeping the aspect ratio (area averaging when
+    shrinking), then placed so that its centre of mass is at (14, 14), kept in frame.
     """
-    x, y, bw, bh = cv2.boundingRect(cv2.compare(ink, 0, cv2.CMP_GT))
-    if bw == 0 or bh == 0:
+    rows, cols = ink.sum(axis=1), ink.sum(axis=0)
+    if rows.sum() <= 0:
         raise _no_digit("no ink left after cleaning")
-    crop = ink[y : y + bh, x : x + bw]
+    y, y1 = _mass_bounds(rows)
+    x, x1 = _mass_bounds(cols)
+    crop = ink[y : y1 + 1, x : x1 + 1]
+    bh, bw = crop.shape
     scale = DIGIT_BOX / max(bh, bw)
     new_h, new_w = max(1, round(bh * scale)), max(1, round(bw * scale))
     digit = cv2.resize(crop, (new_w, new_h), interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
