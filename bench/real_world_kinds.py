@@ -552,10 +552,10 @@ def _specks(canvas: np.ndarray, rng: np.random.Generator, count: int, radius: tu
             mark = np.zeros((h, w), np.uint8)
             y, x = int(rng.integers(0, h)), int(rng.integers(0, w))
             r = rng.uniform(*radius)
-            if rng.random() < scratches:  # a short scratch or hair
+            if rng.random() < scratches:  # a short scratch or hair: thin (a thick straight stroke is a 1)
                 angle = rng.uniform(0, np.pi)
                 dx, dy = np.cos(angle) * r * 2.5, np.sin(angle) * r * 2.5
-                cv2.line(mark, (int(x - dx), int(y - dy)), (int(x + dx), int(y + dy)), 255, max(1, int(r / 2)), cv2.LINE_AA)
+                cv2.line(mark, (int(x - dx), int(y - dy)), (int(x + dx), int(y + dy)), 255, int(rng.integers(1, 3)), cv2.LINE_AA)
             else:
                 cv2.ellipse(mark, (x, y), (max(1, int(r)), max(1, int(r * rng.uniform(0.5, 1.0)))), rng.uniform(0, 180),
                             0, 360, 255, -1, cv2.LINE_AA)

@@ -648,18 +648,29 @@ def crop_digit(ink: np.ndarray, mask: np.ndarray, margin: int = 2) -> tuple[np.n
     return cv2.bitwise_and(ink[y0:y1, x0:x1], cv2.dilate(m, _SQUARE)), m
 
 
-def normalise_contrast(ink: np.ndarray, mask: np.ndarray, noise: float) -> tuple[np.ndarray, float]:
+def paper_haze(ink: np.ndarray, masks: list[np.ndarray]) -> float:
+    """The strongest the paper alone gets, in grey levels: the 99th percentile of the ink map away from
+    the digits (their masks grown by 2 px). Paper noise, texture and JPEG ringing; on a transparent
+    canvas with faint alpha speckle, the speckle (samples/0/drawn-00003.png, kind `alpha-speckle`)."""
+    digits = functools.reduce(cv2.bitwise_or, masks)
+    away = cv2.bitwise_not(cv2.dilate(digits, _SQUARE5))
+    hist = cv2.calcHist([ink], [0], away, [256], [0, 256]).ravel()
+    total = hist.sum()
+    return float(np.searchsorted(np.cumsum(hist), 0.99 * total)) if total else 0.0
+
+
+def normalise_contrast(ink: np.ndarray, mask: np.ndarray, haze: float) -> tuple[np.ndarray, float]:
     """A digit's ink uint8 -> (float32 in [0,1], its contrast in grey levels): the ink's own peak to 1.
 
     The peak is the 98th percentile of the digit's pixels, so a faint highlighter digit is as strong as
     a black one and a darker speck elsewhere (already dropped) does not dim it. Haze is cut: what the
-    paper's noise could explain (3 sigma) and at least MIN_HAZE_CUT of the contrast (JPEG ringing,
-    paper texture, a faint alpha speckle around the strokes). Kinds: `highlighter`, `alpha-speckle`.
+    paper alone reaches (`paper_haze`) and at least MIN_HAZE_CUT of the contrast (JPEG ringing, paper
+    texture, faint alpha speckle around the strokes). Kinds: `highlighter`, `alpha-speckle`.
     """
     values = ink[mask > 0]
     k = int(0.98 * (values.size - 1))
     peak = float(np.partition(values, k)[k]) if values.size else 0.0
-    cut = min(0.5 * peak, max(MIN_HAZE_CUT * peak, 3.0 * noise))
+    cut = min(0.5 * peak, max(MIN_HAZE_CUT * peak, haze))
     out = ink.astype(np.float32)
     out -= cut
     out *= 1.0 / max(peak - cut, 1.0)
@@ -771,10 +782,11 @@ def _prepare(grey: np.ndarray, multi_digit: bool, lap) -> Prepared:
         if not multi_digit:  # read as one image, as asked; the warning says why it may be wrong
             masks = [functools.reduce(cv2.bitwise_or, masks)]
     lap("keep_digit_components")
+    haze = max(3.0 * noise, paper_haze(ink, masks))
     digits, faint, thin = [], False, False
     for mask in masks:
         digit_ink, digit_mask = crop_digit(ink, mask)
-        digit, contrast = normalise_contrast(digit_ink, digit_mask, noise)
+        digit, contrast = normalise_contrast(digit_ink, digit_mask, haze)
         faint |= contrast < FAINT_CONTRAST
         lap("normalise_contrast")
         digit, thickened = normalise_strokes(digit, digit_mask)
