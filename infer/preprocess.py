@@ -355,10 +355,12 @@ def subtract_paper(grey: np.ndarray, dark_ink: bool) -> tuple[np.ndarray, float]
 def ink_level(ink: np.ndarray, noise: float) -> int:
     """Grey levels above the paper that count as ink: at least MIN_INK_LEVEL, NOISE_SIGMAS * the paper's
     noise, and INK_FRACTION of the strongest ink (its 99.5th percentile: the digit's, not a speck's),
-    so that faint speckle, shading and JPEG ringing around strong ink stay out."""
+    so that faint speckle, shading and JPEG ringing around strong ink stay out. The noise's share is
+    at most half the strongest ink: on a canvas speckled all over, the "noise" is the speckle, and
+    the digit still stands above it."""
     hist = cv2.calcHist([ink], [0], None, [256], [0, 256]).ravel()
     top = int(np.searchsorted(np.cumsum(hist), 0.995 * ink.size))
-    return int(max(MIN_INK_LEVEL, NOISE_SIGMAS * noise, INK_FRACTION * top))
+    return int(max(MIN_INK_LEVEL, min(NOISE_SIGMAS * noise, 0.5 * top), INK_FRACTION * top))
 
 
 def _thin_runs(found: np.ndarray, solid: np.ndarray, horizontal: bool, thickness: int, length: int
@@ -408,16 +410,16 @@ def _frame_sides(h_stats: np.ndarray, v_stats: np.ndarray, tol: float) -> tuple[
     vs = [v_stats[np.argmin(v_stats[:, 0])], v_stats[np.argmax(v_stats[:, 0])]]  # left-most, right-most
     h_ids = [int(np.argmin(h_stats[:, 1])), int(np.argmax(h_stats[:, 1]))]
     v_ids = [int(np.argmin(v_stats[:, 0])), int(np.argmax(v_stats[:, 0]))]
-    corners, hs_in, vs_in = 0, set(), set()
+    corners = set()  # (horizontal, vertical) pairs whose ends meet; one segment may be both top- and bottom-most
     for hi, (hx, hy, hw, hh, _) in zip(h_ids, hs):
         for vi, (vx, vy, vw, vh, _) in zip(v_ids, vs):
             h_end = min(abs(hx - (vx + vw / 2)), abs(hx + hw - (vx + vw / 2)))
             v_end = min(abs(vy - (hy + hh / 2)), abs(vy + vh - (hy + hh / 2)))
             if h_end <= tol and v_end <= tol:
-                corners += 1
-                hs_in.add(hi)
-                vs_in.add(vi)
-    return (hs_in, vs_in) if corners >= 2 else (set(), set())
+                corners.add((hi, vi))
+    if len(corners) < 2:
+        return set(), set()
+    return {hi for hi, _ in corners}, {vi for _, vi in corners}
 
 
 def remove_rules(ink: np.ndarray, level: int) -> tuple[np.ndarray, int]:
@@ -501,6 +503,7 @@ def _line_bands(lines: list[list[int]], labels: np.ndarray, stats: np.ndarray, t
         return band, 1
     width = int(np.ceil(max(f[4] for f in fits))) + 1
     for slope, offset, lo, hi, _ in fits:
+        lo, hi = lo - width - 2, hi + width + 2  # past the ends, where a crossing line made the pixels thick
         a, b = (lo, slope * lo + offset), (hi, slope * hi + offset)
         p, q = (a, b) if horizontal else (a[::-1], b[::-1])
         cv2.line(band, (round(p[0] * 16), round(p[1] * 16)), (round(q[0] * 16), round(q[1] * 16)), 255, width, cv2.LINE_8, 4)
@@ -602,7 +605,7 @@ def keep_digit_components(ink: np.ndarray, level: int, noise: float) -> tuple[li
         groups.append(dict(ids=order[members] + 1, x0=gx0, y0=gy0, x1=gx1, y1=gy1, w=gx1 - gx0, h=gy1 - gy0,
                            area=int(area[members].sum()), apart=bool(apart[members].any())))
     min_side = max(MIN_DIGIT_PX, MIN_DIGIT_SIDE * max(h, w))
-    min_peak = max(MIN_CONTRAST, MIN_CONTRAST_SIGMAS * noise)
+    min_peak = max(MIN_CONTRAST, min(MIN_CONTRAST_SIGMAS * noise, 1.5 * level))
     candidates = []
     for g in groups:
         fill = g["area"] / float(g["w"] * g["h"])
