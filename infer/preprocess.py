@@ -184,6 +184,7 @@ def _read_with_pillow(source: BinaryIO, mode: str) -> np.ndarray:
 
 WORK_SIDE = 256  # longest side the steps work at: a digit needs no more to fill a 20x20 box
 PAPER_SIDE = 32  # the paper is estimated on a copy this small: shadows are smooth, noise averages out
+EVEN_BORDER = 24  # a border whose 10th-90th percentiles are this close (grey levels) is evenly lit paper
 PAPER_KERNEL = 0.3  # opening width, fraction of the longer side: wider than any stroke, narrower than a shadow
 MIN_INK_LEVEL = 10  # grey levels above the local paper that can be ink at all
 NOISE_SIGMAS = 4.0  # ... and at least this many times the paper's noise
@@ -197,6 +198,7 @@ RULE_SPAN = 0.85  # a thin straight line this long (fraction of the image) is a 
 RULE_COVER = 0.4  # ... with its pieces covering this much of it (the rest hidden under the digit's strokes)
 FRAME_SPAN = 0.3  # thin straight lines at least this long that meet at corners are a box or cell frame
 PIECE_SPAN = 0.12  # straight pieces shorter than this (fraction of the image) are not looked at
+MIN_RULED_SIDE = 32  # images smaller than this (shorter side, px) are all digit: no lines looked for
 LINE_THICKNESS = 0.05  # thickest line, fraction of the shorter side (at least MIN_LINE_THICKNESS px)
 MIN_LINE_THICKNESS = 4
 MERGE_GAP = 0.12  # pieces closer than this (fraction of the digit's height) are one digit (a broken 5)
@@ -318,10 +320,26 @@ def _regrow_from_edges(opened: np.ndarray, image: np.ndarray) -> np.ndarray:
     return np.where(at_edge[labels], grown, opened)
 
 
+def _even_paper(ink_up: np.ndarray) -> tuple[float, float] | None:
+    """(level, noise sigma) of evenly lit paper, from the image's border (ink-bright image); None when
+    the border's level varies (a photo, a shadow) or is not the paper (a cell's frame, a digit)."""
+    border = np.concatenate((ink_up[0], ink_up[-1], ink_up[1:-1, 0], ink_up[1:-1, -1]))
+    n = border.size
+    q10, q25, q50, q75, q90 = np.partition(border, (n // 10, n // 4, n // 2, 3 * n // 4, 9 * n // 10))[
+        [n // 10, n // 4, n // 2, 3 * n // 4, 9 * n // 10]].astype(float)
+    if q90 - q10 > EVEN_BORDER:
+        return None
+    sample = ink_up[:: max(1, ink_up.shape[0] // 32), :: max(1, ink_up.shape[1] // 32)].ravel()
+    if q50 > _median(sample) + max(4.0, q90 - q10):  # the border is darker than most of the page: a frame
+        return None
+    return q50, (q75 - q25) / 1.349
+
+
 def subtract_paper(grey: np.ndarray, dark_ink: bool) -> tuple[np.ndarray, float]:
     """uint8 [H,W] -> (ink uint8 [H,W]: grey levels above the local paper, bright = ink; paper noise sigma).
 
-    The paper's level is estimated everywhere, not as one level or one plane, on a PAPER_SIDE-px copy
+    Evenly lit paper (a flat border at the page's own level: scans, drawings) is one level. Otherwise
+    the paper's level is estimated everywhere, not as one level or one plane, on a PAPER_SIDE-px copy
     (then enlarged): the light's overall fall-off as a quadratic surface fitted to the paper, and what
     it leaves (a soft shadow's edge, the table beyond a photo's paper edge) as a morphological opening
     of the ink-bright image, wider than any stroke, regrown into the narrow tips of shadows
@@ -332,6 +350,10 @@ def subtract_paper(grey: np.ndarray, dark_ink: bool) -> tuple[np.ndarray, float]
     The noise sigma is (median - lower quartile) / 0.6745 of the residual over a sample of the pixels.
     """
     ink_up = cv2.bitwise_not(grey) if dark_ink else grey
+    even = _even_paper(ink_up)
+    if even is not None:  # a scan, a drawing, a thumbnail: one level will do, and costs nothing
+        level, noise = even
+        return cv2.subtract(ink_up, level), noise
     h, w = ink_up.shape
     f = PAPER_SIDE / max(h, w)
     small = cv2.resize(ink_up, (max(1, round(w * f)), max(1, round(h * f))), interpolation=cv2.INTER_AREA) if f < 1 else ink_up
@@ -422,6 +444,20 @@ def _frame_sides(h_stats: np.ndarray, v_stats: np.ndarray, tol: float) -> tuple[
     return {hi for hi, _ in corners}, {vi for _, vi in corners}
 
 
+def _encloses_ink(solid: np.ndarray, h_sides: np.ndarray, v_sides: np.ndarray, thickness: int) -> bool:
+    """Whether the rectangle of these frame sides holds ink inside, clear of the sides: a box drawn
+    around a digit does; the straight sides of a small 0 or the corner of a 4 enclose nothing."""
+    sides = np.concatenate([h_sides, v_sides])
+    x0, y0 = sides[:, 0].min(), sides[:, 1].min()
+    x1, y1 = (sides[:, 0] + sides[:, 2]).max(), (sides[:, 1] + sides[:, 3]).max()
+    m = thickness + 1
+    inner = solid[y0 + m : y1 - m, x0 + m : x1 - m]
+    if inner.size == 0 or inner.sum() < max(8, 0.01 * inner.size):
+        return False
+    ys, xs = np.nonzero(inner)
+    return ys.min() > 0 and xs.min() > 0 and ys.max() < inner.shape[0] - 1 and xs.max() < inner.shape[1] - 1
+
+
 def remove_rules(ink: np.ndarray, level: int) -> tuple[np.ndarray, int]:
     """Ink uint8 [H,W] -> (the same without rule, grid, form and box lines; how many lines were removed).
 
@@ -435,7 +471,7 @@ def remove_rules(ink: np.ndarray, level: int) -> tuple[np.ndarray, int]:
     """
     h, w = ink.shape
     thickness = max(MIN_LINE_THICKNESS, round(LINE_THICKNESS * min(h, w)))
-    if min(h, w) < 3 * thickness:
+    if min(h, w) < MIN_RULED_SIDE:  # the digit fills so small an image: no room for rules around it
         return ink, 0
     # Ink averaged along the line's direction, at half the ink level: a faint line broken into dashes
     # (JPEG, a reduced photo) is found whole; speckle averages away.
@@ -454,6 +490,9 @@ def remove_rules(ink: np.ndarray, level: int) -> tuple[np.ndarray, int]:
     h_long = np.flatnonzero(h_stats[:, 2] >= FRAME_SPAN * w_span)
     v_long = np.flatnonzero(v_stats[:, 3] >= FRAME_SPAN * h_span)
     h_frame, v_frame = _frame_sides(h_stats[h_long], v_stats[v_long], tol=max(4.0, 0.06 * max(h, w)))
+    if (h_frame or v_frame) and not _encloses_ink(ink > level, h_stats[h_long[list(h_frame)]],
+                                                   v_stats[v_long[list(v_frame)]], thickness):
+        h_frame, v_frame = set(), set()  # the corners of a 0 or a 4, not a box around the digit
     h_lines = h_rules + [[int(h_long[i])] for i in h_frame if not any(h_long[i] in c for c in h_rules)]
     v_lines = v_rules + [[int(v_long[i])] for i in v_frame if not any(v_long[i] in c for c in v_rules)]
     if not h_lines and not v_lines:
@@ -518,7 +557,7 @@ def edge_sharpness(ink: np.ndarray, mask: np.ndarray, peak: float) -> float:
     boundary = cv2.subtract(mask, cv2.erode(mask, _SQUARE))
     gradient = cv2.morphologyEx(ink, cv2.MORPH_GRADIENT, _SQUARE)
     values = gradient[boundary > 0]
-    return float(np.median(values)) / max(peak, 1.0) if values.size else 0.0
+    return _median(values) / max(peak, 1.0) if values.size else 0.0
 
 
 def _not_digit_parts(x0, y0, x1, y1, area, h: int, w: int) -> np.ndarray:
@@ -532,6 +571,8 @@ def _not_digit_parts(x0, y0, x1, y1, area, h: int, w: int) -> np.ndarray:
     corner = (left | right) & (top | bottom) & (touches < 4) & (fill > 0.4)
     strip = (left ^ right) & (ch >= 0.9 * h) & (cw <= 0.15 * w)
     strip |= (top ^ bottom) & (cw >= 0.9 * w) & (ch <= 0.15 * h)
+    if len(x0) == 1:
+        return corner | strip
     inside = ((x0[None] > x0[:, None]) & (x1[None] < x1[:, None]) & (y0[None] > y0[:, None]) & (y1[None] < y1[:, None])
               & (ch[None] >= 0.25 * ch[:, None]))  # [i, j]: j lies inside i's box
     frame = inside.any(axis=1) & (fill < 0.3)
@@ -557,6 +598,26 @@ def _group(x0, y0, x1, y1, area, apart: np.ndarray, gap: float, height: float) -
     for i, j in np.argwhere(np.triu(join, 1)):
         parent[root(int(i))] = root(int(j))
     return np.array([root(i) for i in range(len(x0))])
+
+
+def _ids_mask(labels: np.ndarray, ids: np.ndarray, n: int) -> np.ndarray:
+    """uint8 mask (255) of the pixels whose component label is one of `ids` (labels from OpenCV, n labels)."""
+    if len(ids) == 1:
+        return cv2.compare(labels, int(ids[0]), cv2.CMP_EQ)
+    lut = np.zeros(n, np.uint8)
+    lut[ids] = 255
+    return lut[labels]
+
+
+def _box_like(mask: np.ndarray) -> bool:
+    """Whether a mark (uint8 mask cut to its box) is a rectangle's outline: nearly all of its ink lies
+    along the edges of its box (within 8% of the box's size). An oval 0 touches its box at four points."""
+    h, w = mask.shape
+    m = max(2, round(0.08 * min(h, w)))
+    if min(h, w) < 4 * m:
+        return False
+    total = cv2.countNonZero(mask)
+    return cv2.countNonZero(mask[m:-m, m:-m]) < 0.1 * total
 
 
 def _has_hole(mask: np.ndarray) -> bool:
@@ -597,9 +658,9 @@ def keep_digit_components(ink: np.ndarray, level: int, noise: float) -> tuple[li
     apart = _not_digit_parts(x0, y0, x1, y1, area, h, w)
     sizeable = (area >= 0.1 * area.max()) & ~apart
     height = float(ch[sizeable].max()) if sizeable.any() else float(ch.max())
-    roots = _group(x0, y0, x1, y1, area, apart, max(2.0, MERGE_GAP * height), height)
+    roots = _group(x0, y0, x1, y1, area, apart, max(2.0, MERGE_GAP * height), height) if len(order) > 1 else np.zeros(1, int)
     groups = []
-    for r in np.unique(roots):
+    for r in sorted(set(roots.tolist())):
         members = roots == r
         gx0, gy0, gx1, gy1 = x0[members].min(), y0[members].min(), x1[members].max(), y1[members].max()
         groups.append(dict(ids=order[members] + 1, x0=gx0, y0=gy0, x1=gx1, y1=gy1, w=gx1 - gx0, h=gy1 - gy0,
@@ -613,9 +674,11 @@ def keep_digit_components(ink: np.ndarray, level: int, noise: float) -> tuple[li
                 or g["w"] > 3 * g["h"]):  # a dash, an underline, what is left of a line
             continue
         box = (slice(g["y0"], g["y1"]), slice(g["x0"], g["x1"]))
-        g["mask"] = np.isin(labels[box], g["ids"]).view(np.uint8)
+        g["mask"] = _ids_mask(labels[box], g["ids"], n)
         if fill > 0.75 and g["h"] < 1.8 * g["w"] and not _has_hole(g["mask"]):
             continue  # a blob, a smudge (a bold 0 has a hole)
+        if _box_like(g["mask"]):
+            continue  # an empty box or cell frame
         g["peak"] = cv2.minMaxLoc(ink[box], g["mask"])[1]
         sharpness = edge_sharpness(ink[box], g["mask"], g["peak"])
         if g["peak"] >= min_peak and sharpness >= (MIN_SHARPNESS if g["peak"] >= FAINT_CONTRAST else FAINT_SHARPNESS):
@@ -634,7 +697,7 @@ def keep_digit_components(ink: np.ndarray, level: int, noise: float) -> tuple[li
     digits = sorted([main] + beside, key=lambda g: g["x0"])
     dropped = any(all(g is not d for d in digits) and max(g["w"], g["h"]) >= 0.3 * main["h"]
                   and g["area"] >= 0.05 * main["area"] for g in groups)
-    masks = [np.isin(labels, g["ids"]).view(np.uint8) * np.uint8(255) for g in digits]
+    masks = [_ids_mask(labels, g["ids"], n) for g in digits]
     return masks, dropped
 
 
@@ -670,9 +733,8 @@ def normalise_contrast(ink: np.ndarray, mask: np.ndarray, haze: float) -> tuple[
     paper alone reaches (`paper_haze`) and at least MIN_HAZE_CUT of the contrast (JPEG ringing, paper
     texture, faint alpha speckle around the strokes). Kinds: `highlighter`, `alpha-speckle`.
     """
-    values = ink[mask > 0]
-    k = int(0.98 * (values.size - 1))
-    peak = float(np.partition(values, k)[k]) if values.size else 0.0
+    hist = cv2.calcHist([ink], [0], mask, [256], [0, 256]).ravel()
+    peak = float(np.searchsorted(np.cumsum(hist), 0.98 * hist.sum()))
     cut = min(0.5 * peak, max(MIN_HAZE_CUT * peak, haze))
     out = ink.astype(np.float32)
     out -= cut
@@ -773,11 +835,19 @@ def _prepare(grey: np.ndarray, multi_digit: bool, lap) -> Prepared:
     ink, noise = subtract_paper(work, dark_ink)
     level = ink_level(ink, noise)
     lap("subtract_paper")
-    ink, lines = remove_rules(ink, level)
+    cleaned, lines = remove_rules(ink, level)
+    lap("remove_rules")
+    try:
+        masks, marks = keep_digit_components(cleaned, level, noise)
+    except ImageError:
+        if lines != 1:
+            raise
+        # One straight line and nothing else: a tight-cropped 1 or 7 rather than a rule on empty paper.
+        cleaned, lines = ink, 0
+        masks, marks = keep_digit_components(cleaned, level, noise)
+    ink = cleaned
     if lines:
         noticed.append(WARN_LINES_REMOVED)
-    lap("remove_rules")
-    masks, marks = keep_digit_components(ink, level, noise)
     if marks:
         noticed.append(WARN_MARKS_REMOVED)
     if len(masks) > 1:

@@ -324,7 +324,7 @@ FLOOR = {"handled": 0.9, "thin strokes": 0.9, "lines": 0.8, "uneven light": 0.8,
 WARNED = {  # kind: (the warning its images carry, on at least this share of them)
     "canvas-1px": (C.WARN_THIN_STROKES, 1.0), "canvas-3px": (C.WARN_THIN_STROKES, 1.0),
     "thin-pen-scan": (C.WARN_THIN_STROKES, 1.0), "grid-cell-4": (C.WARN_LINES_REMOVED, 0.9),
-    "grid-cell-2": (C.WARN_LINES_REMOVED, 0.9), "boxed": (C.WARN_LINES_REMOVED, 0.9),
+    "grid-cell-2": (C.WARN_LINES_REMOVED, 0.9), "boxed": (C.WARN_LINES_REMOVED, 0.75),  # freehand: marks-removed
     "squared": (C.WARN_LINES_REMOVED, 0.5), "highlighter": (C.WARN_FAINT_INK, 0.9),
     "specks": (C.WARN_MARKS_REMOVED, 0.6), "two-digits": (C.WARN_SEVERAL_DIGITS, 1.0),
     "three-digits": (C.WARN_SEVERAL_DIGITS, 1.0),
