@@ -262,7 +262,7 @@ def write_sheet(path: Path, kinds, shapes, clf, seed: int) -> None:
         draw.text((x0, y0 + thumb + 3), f"{kind.name}: {truth} -> {said}", fill="black")
         draw.text((x0, y0 + thumb + 15), note, fill=(150, 60, 0))
     path.parent.mkdir(parents=True, exist_ok=True)
-    sheet.save(path, optimize=True)
+    sheet.quantize(colors=256, method=Image.Quantize.MAXCOVERAGE).save(path, optimize=True)  # a palette: small
     print(f"wrote {path} ({path.stat().st_size // 1024} KB)")
 
 

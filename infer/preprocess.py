@@ -420,8 +420,13 @@ def _rules(stats: np.ndarray, horizontal: bool, span: int) -> list[list[int]]:
             clusters.append(current)
             current = [int(b)]
     clusters.append(current)
-    return [c for c in clusters
-            if max(start[c] + length[c]) - min(start[c]) >= RULE_SPAN * span and length[c].sum() >= RULE_COVER * span]
+    rules = [c for c in clusters
+             if max(start[c] + length[c]) - min(start[c]) >= RULE_SPAN * span and length[c].sum() >= RULE_COVER * span]
+    if rules:  # the other side of a cell, a rule a little shorter than its neighbours: as long as they are
+        ruled = {i for c in rules for i in c}
+        longest = max(int(length[c].sum()) for c in rules)
+        rules += [[i] for i in range(len(stats)) if i not in ruled and length[i] >= 0.8 * longest]
+    return rules
 
 
 def _frame_sides(h_stats: np.ndarray, v_stats: np.ndarray, tol: float) -> tuple[set[int], set[int]]:
@@ -850,9 +855,10 @@ def _prepare(grey: np.ndarray, multi_digit: bool, lap) -> Prepared:
         noticed.append(WARN_LINES_REMOVED)
     if marks:
         noticed.append(WARN_MARKS_REMOVED)
+    as_one = len(masks) > 1 and not multi_digit
     if len(masks) > 1:
         noticed.append(WARN_SEVERAL_DIGITS)
-        if not multi_digit:  # read as one image, as asked; the warning says why it may be wrong
+        if as_one:  # read as one image, as asked; the warning says why it may be wrong
             masks = [functools.reduce(cv2.bitwise_or, masks)]
     lap("keep_digit_components")
     haze = max(3.0 * noise, paper_haze(ink, masks))
@@ -862,8 +868,9 @@ def _prepare(grey: np.ndarray, multi_digit: bool, lap) -> Prepared:
         digit, contrast = normalise_contrast(digit_ink, digit_mask, haze)
         faint |= contrast < FAINT_CONTRAST
         lap("normalise_contrast")
-        digit, thickened = normalise_strokes(digit, digit_mask)
-        thin |= thickened
+        if not as_one:  # several digits squeezed into one box are no digit's strokes
+            digit, thickened = normalise_strokes(digit, digit_mask)
+            thin |= thickened
         lap("normalise_strokes")
         digits.append(fit_and_centre(digit))
         lap("fit_and_centre")
