@@ -184,7 +184,8 @@ def print_table(rows: list[dict]) -> None:
         target = ("exact" if r["family"] == "MNIST" else f">= {100 * r['target']:.0f}%"
                   + (f", multi >= {100 * MULTI_TARGET:.0f}%" if r["multi"] is not None else ""))
         ms_today = "-" if r["ms_today"] is None else f"{r['ms_today']:.2f}"
-        print(f"| {r['kind']} | {r['family']} | {r['n']} | {_pct(r['today'])} | **{_pct(r['new'])}** | {_pct(r['resize'])} "
+        print(f"| {r['kind']} | {r['family']} | {r['n']} | {_pct(r['today'])} | **{_pct(r['new'])}** "
+              f"| {_pct(r['resize'])} "
               f"| {_pct(r['multi'])} | {target}{'' if met else ' MISSED'} | {ms_today} | {r['ms']:.2f} | {warn} |")
     print(f"\n{len(rows) - len(missed)} of {len(rows)} rows meet their target"
           + (f"; missed: {', '.join(missed)}" if missed else ""))
@@ -198,14 +199,16 @@ def print_steps(steps: dict[str, dict[str, float]]) -> None:
     print("| kind | " + " | ".join(names) + " | total |")
     print("|---|" + "---|" * (len(names) + 1))
     for kind, times in steps.items():
-        print(f"| {kind} | " + " | ".join(f"{times.get(n, 0.0):.3f}" for n in names) + f" | {sum(times.values()):.3f} |")
+        cells = " | ".join(f"{times.get(n, 0.0):.3f}" for n in names)
+        print(f"| {kind} | {cells} | {sum(times.values()):.3f} |")
 
 
 def print_confidence(confidences: list[tuple[float, bool]]) -> None:
     conf = np.array([c for c, _ in confidences])
     right = np.array([ok for _, ok in confidences])
     wrong = ~right
-    print(f"\nConfidence of the new pipeline's answers on all single-digit kinds: {right.sum()} right, {wrong.sum()} wrong\n")
+    print(f"\nConfidence of the new pipeline's answers on all single-digit kinds: {right.sum()} right, "
+          f"{wrong.sum()} wrong\n")
     print("| threshold | misreads below it (flagged) | right answers below it (flagged needlessly) |")
     print("|---|---|---|")
     for t in THRESHOLDS:

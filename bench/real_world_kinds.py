@@ -226,7 +226,8 @@ def to_u8(img: np.ndarray) -> np.ndarray:
     return np.clip(img + 0.5, 0, 255).astype(np.uint8)
 
 
-def encode(img: np.ndarray | Image.Image, fmt: str, quality: int = 90, exif: Image.Exif | None = None) -> tuple[bytes, str]:
+def encode(img: np.ndarray | Image.Image, fmt: str, quality: int = 90,
+           exif: Image.Exif | None = None) -> tuple[bytes, str]:
     """Array (grey, RGB or RGBA, float or uint8) or PIL image -> (file bytes, extension)."""
     im = img if isinstance(img, Image.Image) else Image.fromarray(to_u8(img) if img.dtype != np.uint8 else img)
     buf = io.BytesIO()
@@ -463,7 +464,8 @@ def _boxed(shapes, rng, with_digit: bool = True):
     hand = rng.random() < 0.35
     thickness = int(rng.integers(1, 4))
     for (ax, ay), (bx, by) in _box_lines(rng, left - m, top - m, left + ink.shape[1] + m, top + ink.shape[0] + m, hand):
-        cv2.line(box, (round(ax * 16), round(ay * 16)), (round(bx * 16), round(by * 16)), 255, thickness, cv2.LINE_AA, 4)
+        cv2.line(box, (round(ax * 16), round(ay * 16)), (round(bx * 16), round(by * 16)), 255, thickness,
+                 cv2.LINE_AA, shift=4)
     paste(canvas, box / 255.0, 0, 0, rng.uniform(0, 80))
     return sample(add_noise(canvas, rng.uniform(0, 4), rng), truth, rng)
 
@@ -504,7 +506,8 @@ def _thin_pen_scan(shapes, rng):
     height = rng.uniform(0.3, 0.6) * min(h, w)
     extent = segs.reshape(-1, 2).max(0) * height
     pen = int(rng.integers(2, 6))
-    stroke = draw_segments(segs, height, pen, (h, w), (place(rng, h, int(extent[1]), 10), place(rng, w, int(extent[0]), 10)))
+    top_left = (place(rng, h, int(extent[1]), 10), place(rng, w, int(extent[0]), 10))
+    stroke = draw_segments(segs, height, pen, (h, w), top_left)
     canvas = np.full((h, w), rng.uniform(200, 245), np.float32)
     paste(canvas, stroke / 255.0, 0, 0, rng.uniform(10, 90))
     return sample(add_noise(canvas, rng.uniform(1, 6), rng), str(label), rng, jpeg_share=0.5, quality=(85, 96))
@@ -512,7 +515,8 @@ def _thin_pen_scan(shapes, rng):
 
 def _photo_page(shapes, rng, light: str, with_digit: bool = True):
     h, w = int(rng.integers(240, 480)), int(rng.integers(240, 480))
-    canvas = np.ones((h, w, 3), np.float32) * np.array([rng.uniform(200, 245), rng.uniform(200, 245), rng.uniform(195, 240)], np.float32)
+    paper = np.array([rng.uniform(200, 245), rng.uniform(200, 245), rng.uniform(195, 240)], np.float32)
+    canvas = np.ones((h, w, 3), np.float32) * paper
     truth = ""
     if with_digit:
         ink, label, top, left = single_digit_page(shapes, rng, h, w, (0.3, 0.65))
@@ -533,7 +537,8 @@ def _dark_corner(shapes, rng):
     table = np.zeros((h, w), np.uint8)
     cv2.fillPoly(table, [np.array([(cx, cy), (ax, cy), (cx, by)], np.int32)], 255, cv2.LINE_AA)
     table_f = cv2.GaussianBlur(table.astype(np.float32) / 255.0, (0, 0), rng.uniform(0.5, 2.0))
-    ink, label, top, left = single_digit_page(shapes, rng, h, w, (0.3, 0.55), avoid=cv2.dilate(table, np.ones((9, 9), np.uint8)) > 0)
+    near_table = cv2.dilate(table, np.ones((9, 9), np.uint8)) > 0
+    ink, label, top, left = single_digit_page(shapes, rng, h, w, (0.3, 0.55), avoid=near_table)
     paste(canvas, ink, top, left, rng.uniform(10, 70))
     dark = rng.uniform(10, 70) + add_noise(np.zeros((h, w), np.float32), rng.uniform(2, 10), rng)
     canvas = canvas * (1 - table_f[..., None]) + dark[..., None] * table_f[..., None]
@@ -555,7 +560,8 @@ def _specks(canvas: np.ndarray, rng: np.random.Generator, count: int, radius: tu
             if rng.random() < scratches:  # a short scratch or hair: thin (a thick straight stroke is a 1)
                 angle = rng.uniform(0, np.pi)
                 dx, dy = np.cos(angle) * r * 2.5, np.sin(angle) * r * 2.5
-                cv2.line(mark, (int(x - dx), int(y - dy)), (int(x + dx), int(y + dy)), 255, int(rng.integers(1, 3)), cv2.LINE_AA)
+                cv2.line(mark, (int(x - dx), int(y - dy)), (int(x + dx), int(y + dy)), 255, int(rng.integers(1, 3)),
+                         cv2.LINE_AA)
             else:
                 cv2.ellipse(mark, (x, y), (max(1, int(r)), max(1, int(r * rng.uniform(0.5, 1.0)))), rng.uniform(0, 180),
                             0, 360, 255, -1, cv2.LINE_AA)
@@ -623,7 +629,9 @@ def _blank_paper(shapes, rng):
 
 
 def _blank_cell(shapes, rng):
-    return _boxed(shapes, rng, with_digit=False) if rng.random() < 0.3 else _grid_cell(shapes, rng, int(rng.choice([2, 4])), with_digit=False)
+    if rng.random() < 0.3:
+        return _boxed(shapes, rng, with_digit=False)
+    return _grid_cell(shapes, rng, int(rng.choice([2, 4])), with_digit=False)
 
 
 def _several(shapes, rng, count: int):
@@ -658,16 +666,20 @@ KINDS = [
          lambda s, r: _canvas(s, r, 1)),
     Kind("canvas-3px", "thin strokes", "drawn with a 3-px line on a 280x280 canvas", lambda s, r: _canvas(s, r, 3)),
     Kind("thin-pen-scan", "thin strokes", "a 2-5 px pen on an 800-1500 px scan", _thin_pen_scan),
-    Kind("grid-cell-4", "lines", "a form or Sudoku cell, its lines on all four sides", lambda s, r: _grid_cell(s, r, 4)),
+    Kind("grid-cell-4", "lines", "a form or Sudoku cell, its lines on all four sides",
+         lambda s, r: _grid_cell(s, r, 4)),
     Kind("grid-cell-2", "lines", "a form cell with its lines on two sides", lambda s, r: _grid_cell(s, r, 2)),
     Kind("boxed", "lines", "a box drawn around the digit (ruler or freehand)", _boxed),
     Kind("squared", "lines", "written on squared (graph) paper", _squared),
-    Kind("shadow", "uneven light", "phone photo with a soft shadow over one corner", lambda s, r: _photo_page(s, r, "shadow")),
-    Kind("vignette", "uneven light", "phone photo with dark corners (vignetting)", lambda s, r: _photo_page(s, r, "vignette")),
+    Kind("shadow", "uneven light", "phone photo with a soft shadow over one corner",
+         lambda s, r: _photo_page(s, r, "shadow")),
+    Kind("vignette", "uneven light", "phone photo with dark corners (vignetting)",
+         lambda s, r: _photo_page(s, r, "vignette")),
     Kind("dark-corner", "marks", "phone photo showing the dark table beyond the paper's corner", _dark_corner),
     Kind("specks", "marks", "dust, dots and scratches away from the digit", _specks_page),
     Kind("highlighter", "marks", "a yellow highlighter digit on white paper", _highlighter),
-    Kind("alpha-speckle", "marks", "transparent canvas with faint alpha speckle (cf. samples/0/drawn-00003.png)", _alpha_speckle),
+    Kind("alpha-speckle", "marks", "transparent canvas with faint alpha speckle (cf. samples/0/drawn-00003.png)",
+         _alpha_speckle),
     Kind("blank-paper", "no digit", "plain paper, noise, sometimes a few specks", _blank_paper),
     Kind("blank-ruled", "no digit", "empty ruled paper", lambda s, r: _ruled(s, r, with_digit=False)),
     Kind("blank-squared", "no digit", "empty squared paper", lambda s, r: _squared(s, r, with_digit=False)),

@@ -60,7 +60,7 @@ WARNING_SEPARATOR = ";"
 WARN_LINES_REMOVED = "lines-removed"  # ruled, grid or form lines, or a box, taken away from the digit
 WARN_THIN_STROKES = "thin-strokes"  # strokes far thinner than MNIST's, thickened
 WARN_FAINT_INK = "faint-ink"  # little contrast between ink and paper
-WARN_MARKS_REMOVED = "marks-removed"  # sizeable marks away from the digit left out (a smudge, a dark photo corner, a drawn frame)
+WARN_MARKS_REMOVED = "marks-removed"  # sizeable marks away from the digit left out (smudge, dark photo corner, frame)
 WARN_SEVERAL_DIGITS = "several-digits"  # two or more digit-sized marks side by side
 WARN_LOW_CONFIDENCE = "low-confidence"  # the model's confidence is below --min-confidence
 

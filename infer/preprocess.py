@@ -2,11 +2,10 @@
 
 MNIST digits are white ink on black, the digit fitted in a 20x20 box keeping its aspect ratio, then
 placed in 28x28 so that its centre of mass is at the centre. Real images are black ink on white
-paper, any size, off-centre, in any mode. `to_mnist` makes the one look like the other:
+paper, any size, off-centre, in any mode. `prepare_file` makes the one look like the other:
 
     decode (JPEG at reduced scale) -> EXIF orientation -> grey (alpha composited, 16-bit scaled)
-    -> ink polarity (the border is the paper) -> background removed and contrast stretched
-    -> crop to the ink -> fit in 20x20 -> centre by mass in 28x28
+    -> `prepare`: the pipeline of named steps below (paper, rules, components, strokes, 20x20 box)
 
 An image that already is MNIST-format (28x28, black border, digit within 20x20, centred by mass)
 passes through unchanged, so MNIST's own digits score exactly what the test set scores.
@@ -172,7 +171,7 @@ def _read_with_pillow(source: BinaryIO, mode: str) -> np.ndarray:
 #     remove_rules           ruled and squared paper, form and Sudoku cells, boxes: long thin lines
 #     keep_digit_components  the digit's connected components; specks, marks and frames dropped;
 #                            several digit-sized groups side by side found
-#     crop_digit, normalise_contrast   the digit's own ink stretched to full scale, haze cut
+#     crop_digit, paper_haze, normalise_contrast   the digit's own ink to full scale, haze cut
 #     normalise_strokes      thin pens and 1-px canvas lines brought to MNIST's stroke width
 #     fit_and_centre         20x20 box keeping the aspect ratio, centre of mass at (14, 14) in 28x28
 #
@@ -190,7 +189,7 @@ MIN_INK_LEVEL = 10  # grey levels above the local paper that can be ink at all
 NOISE_SIGMAS = 4.0  # ... and at least this many times the paper's noise
 INK_FRACTION = 0.25  # ... and this fraction of the strongest ink's level
 MIN_CONTRAST = 20  # a digit's strongest ink stands at least this far from the paper (grey levels)
-MIN_CONTRAST_SIGMAS = 6.0  # ... and this many times the paper's noise (a faint blob of shading is not a digit)
+MIN_CONTRAST_SIGMAS = 6.0  # ... and this many times the paper's noise (at most 1.5 times the ink level)
 MIN_SHARPNESS = 0.15  # ... and rises from the paper within a few pixels (`edge_sharpness`): shading does not
 FAINT_SHARPNESS = 0.4  # ... and faint ink (below FAINT_CONTRAST) rises sharply: faint and soft is shading
 FAINT_CONTRAST = 50  # below this (grey levels) the ink is faint: `faint-ink`
@@ -356,7 +355,9 @@ def subtract_paper(grey: np.ndarray, dark_ink: bool) -> tuple[np.ndarray, float]
         return cv2.subtract(ink_up, level), noise
     h, w = ink_up.shape
     f = PAPER_SIDE / max(h, w)
-    small = cv2.resize(ink_up, (max(1, round(w * f)), max(1, round(h * f))), interpolation=cv2.INTER_AREA) if f < 1 else ink_up
+    small = ink_up
+    if f < 1:
+        small = cv2.resize(ink_up, (max(1, round(w * f)), max(1, round(h * f))), interpolation=cv2.INTER_AREA)
     small = small.astype(np.float32)
     trend = _paper_trend(small)
     k = max(3, int(min(PAPER_KERNEL * max(small.shape), min(small.shape))) | 1)
@@ -395,7 +396,8 @@ def _thin_runs(found: np.ndarray, solid: np.ndarray, horizontal: bool, thickness
     # Thin: what an opening across the line with (thickness + 1) would delete; a digit's strokes that
     # cross the line are thick in that direction and stay.
     # (Outside the image is paper: a line along the image's edge is thin too.)
-    thick = cv2.morphologyEx(solid, cv2.MORPH_OPEN, along(1, thickness + 1), borderType=cv2.BORDER_CONSTANT, borderValue=0)
+    thick = cv2.morphologyEx(solid, cv2.MORPH_OPEN, along(1, thickness + 1),
+                             borderType=cv2.BORDER_CONSTANT, borderValue=0)
     thin = cv2.subtract(found, thick)
     band = cv2.dilate(thin, along(1, 3))  # a line tilted by a pixel or two
     bridged = cv2.morphologyEx(band, cv2.MORPH_CLOSE, along(max(3, length // 3), 1))  # gaps where strokes cross
@@ -469,10 +471,13 @@ def remove_rules(ink: np.ndarray, level: int) -> tuple[np.ndarray, int]:
     For ruled and squared paper, a cell cut from a form or a Sudoku with its lines on two or four sides,
     a box drawn around the digit. A line is a thin (at most LINE_THICKNESS of the image) straight run
     of ink, horizontal or vertical within a pixel or two of tilt, found by morphological openings, that
-    spans RULE_SPAN of the image (counting the collinear pieces of a line the digit interrupts), or is
-    at least FRAME_SPAN long and meets others at two or more corners (a frame). Only the thin pixels go, so a digit's strokes crossing a line stay; where a thin
-    stroke crossed it, the cut is closed again across the line. Kinds: `ruled`, `squared`,
-    `grid-cell-4`, `grid-cell-2`, `boxed`; field image c07 (a printed 3 in a four-sided cell).
+    spans RULE_SPAN of the image (counting the collinear pieces of a line the digit interrupts, and the
+    parallel lines as long as those), or is at least FRAME_SPAN long and meets others at two or more
+    corners around other ink (a box). Each line is cut along its own fitted band, and only what is as
+    thin as the lines there, so a digit's strokes beside or across a line stay; where a thin stroke
+    crossed a line, the cut is closed again across it. Images under MIN_RULED_SIDE px are left alone.
+    Kinds: `ruled`, `squared`, `grid-cell-4`, `grid-cell-2`, `boxed`; field image c07 (a printed 3 in a
+    four-sided cell).
     """
     h, w = ink.shape
     thickness = max(MIN_LINE_THICKNESS, round(LINE_THICKNESS * min(h, w)))
@@ -539,7 +544,10 @@ def _line_bands(lines: list[list[int]], labels: np.ndarray, stats: np.ndarray, t
         if len(ys) < 2:
             continue
         along, across = (xs + x0, ys + y0) if horizontal else (ys + y0, xs + x0)
-        slope, offset = np.polyfit(along.astype(np.float64), across.astype(np.float64), 1) if np.ptp(along) else (0.0, across.mean())
+        if np.ptp(along):
+            slope, offset = np.polyfit(along.astype(np.float64), across.astype(np.float64), 1)
+        else:
+            slope, offset = 0.0, float(across.mean())
         extent = max(1, int(np.ptp(along)) + 1)
         fits.append((slope, offset, int(along.min()), int(along.max()), len(ys) / extent))
     band = np.zeros(labels.shape, np.uint8)
@@ -550,7 +558,8 @@ def _line_bands(lines: list[list[int]], labels: np.ndarray, stats: np.ndarray, t
         lo, hi = lo - width - 2, hi + width + 2  # past the ends, where a crossing line made the pixels thick
         a, b = (lo, slope * lo + offset), (hi, slope * hi + offset)
         p, q = (a, b) if horizontal else (a[::-1], b[::-1])
-        cv2.line(band, (round(p[0] * 16), round(p[1] * 16)), (round(q[0] * 16), round(q[1] * 16)), 255, width, cv2.LINE_8, 4)
+        cv2.line(band, (round(p[0] * 16), round(p[1] * 16)), (round(q[0] * 16), round(q[1] * 16)), 255, width,
+                 cv2.LINE_8, shift=4)
     return band, width
 
 
@@ -663,7 +672,9 @@ def keep_digit_components(ink: np.ndarray, level: int, noise: float) -> tuple[li
     apart = _not_digit_parts(x0, y0, x1, y1, area, h, w)
     sizeable = (area >= 0.1 * area.max()) & ~apart
     height = float(ch[sizeable].max()) if sizeable.any() else float(ch.max())
-    roots = _group(x0, y0, x1, y1, area, apart, max(2.0, MERGE_GAP * height), height) if len(order) > 1 else np.zeros(1, int)
+    roots = np.zeros(1, int)
+    if len(order) > 1:
+        roots = _group(x0, y0, x1, y1, area, apart, max(2.0, MERGE_GAP * height), height)
     groups = []
     for r in sorted(set(roots.tolist())):
         members = roots == r
