@@ -3,7 +3,6 @@ then the whole pipeline on every generated real-world kind, the field images and
 shipped model."""
 from __future__ import annotations
 
-import io
 from collections import Counter
 from pathlib import Path
 
