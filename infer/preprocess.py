@@ -2,11 +2,10 @@
 
 MNIST digits are white ink on black, the digit fitted in a 20x20 box keeping its aspect ratio, then
 placed in 28x28 so that its centre of mass is at the centre. Real images are black ink on white
-paper, any size, off-centre, in any mode. `to_mnist` makes the one look like the other:
+paper, any size, off-centre, in any mode. `prepare_file` makes the one look like the other:
 
     decode (JPEG at reduced scale) -> EXIF orientation -> grey (alpha composited, 16-bit scaled)
-    -> ink polarity (the border is the paper) -> background removed and contrast stretched
-    -> crop to the ink -> fit in 20x20 -> centre by mass in 28x28
+    -> `prepare`: the pipeline of named steps below (paper, rules, components, strokes, 20x20 box)
 
 An image that already is MNIST-format (28x28, black border, digit within 20x20, centred by mass)
 passes through unchanged, so MNIST's own digits score exactly what the test set scores.
@@ -17,14 +16,17 @@ import functools
 import io
 import os
 import struct
+import time
 import warnings
 from dataclasses import dataclass
 from typing import BinaryIO
 
+import cv2
 import numpy as np
 from PIL import Image, ImageOps
 
-from infer.contract import DIGIT_BOX, IMAGE_SIZE, PIXEL_SCALE
+from infer.contract import (DIGIT_BOX, IMAGE_SIZE, PIXEL_SCALE, WARN_FAINT_INK, WARN_LINES_REMOVED,
+                            WARN_MARKS_REMOVED, WARN_SEVERAL_DIGITS, WARN_THIN_STROKES)
 
 MAX_PIXELS = 120_000_000  # larger images are refused from their header, before decoding (bombs)
 MAX_FILE_BYTES = 256 * 1024 * 1024
@@ -156,6 +158,61 @@ def _read_with_pillow(source: BinaryIO, mode: str) -> np.ndarray:
         raise ImageError(f"cannot decode: {text}") from None
 
 
+
+# --- Grey image -> MNIST layout: a pipeline of named steps ------------------------------------------
+#
+# `prepare` reads top to bottom as what is done to a user's image (each step's docstring says which
+# real-world situation it exists for and which generated kind in bench/real_world_kinds.py shows it):
+#
+#     is_mnist_format        MNIST's own digits pass through untouched (exact test-set scores)
+#     to_working_size        large scans and photos reduced to WORK_SIDE px (area averaging)
+#     ink_is_dark            polarity: the paper is the bulk of the pixels, the ink the far tail
+#     subtract_paper         a local paper level (shadows, vignettes, dark photo corners) taken away
+#     remove_rules           ruled and squared paper, form and Sudoku cells, boxes: long thin lines
+#     keep_digit_components  the digit's connected components; specks, marks and frames dropped;
+#                            several digit-sized groups side by side found
+#     crop_digit, paper_haze, normalise_contrast   the digit's own ink to full scale, haze cut
+#     normalise_strokes      thin pens and 1-px canvas lines brought to MNIST's stroke width
+#     fit_and_centre         20x20 box keeping the aspect ratio, centre of mass at (14, 14) in 28x28
+#
+# Lines are removed after the paper is subtracted, not before: the paper estimate is a morphological
+# opening wider than any line, so lines cannot bend it (the old border-plane fit could), and lines are
+# far easier to find on the flat ink map than on a shaded photo. The digit's contrast is estimated
+# only after lines, specks and marks are gone, from the digit's own pixels.
+# Deskewing is the model's business (`deskew`, applied by the pipeline when the model asks for it).
+
+WORK_SIDE = 256  # longest side the steps work at: a digit needs no more to fill a 20x20 box
+PAPER_SIDE = 32  # the paper is estimated on a copy this small: shadows are smooth, noise averages out
+EVEN_BORDER = 24  # a border whose 10th-90th percentiles are this close (grey levels) is evenly lit paper
+PAPER_KERNEL = 0.3  # opening width, fraction of the longer side: wider than any stroke, narrower than a shadow
+MIN_INK_LEVEL = 10  # grey levels above the local paper that can be ink at all
+NOISE_SIGMAS = 4.0  # ... and at least this many times the paper's noise
+INK_FRACTION = 0.25  # ... and this fraction of the strongest ink's level
+MIN_CONTRAST = 20  # a digit's strongest ink stands at least this far from the paper (grey levels)
+MIN_CONTRAST_SIGMAS = 6.0  # ... and this many times the paper's noise (at most 1.5 times the ink level)
+MIN_SHARPNESS = 0.15  # ... and rises from the paper within a few pixels (`edge_sharpness`): shading does not
+FAINT_SHARPNESS = 0.4  # ... and faint ink (below FAINT_CONTRAST) rises sharply: faint and soft is shading
+FAINT_CONTRAST = 50  # below this (grey levels) the ink is faint: `faint-ink`
+RULE_SPAN = 0.85  # a thin straight line this long (fraction of the image) is a rule or grid line
+RULE_COVER = 0.4  # ... with its pieces covering this much of it (the rest hidden under the digit's strokes)
+FRAME_SPAN = 0.3  # thin straight lines at least this long that meet at corners are a box or cell frame
+PIECE_SPAN = 0.12  # straight pieces shorter than this (fraction of the image) are not looked at
+MIN_RULED_SIDE = 32  # images smaller than this (shorter side, px) are all digit: no lines looked for
+LINE_THICKNESS = 0.05  # thickest line, fraction of the shorter side (at least MIN_LINE_THICKNESS px)
+MIN_LINE_THICKNESS = 4
+MERGE_GAP = 0.12  # pieces closer than this (fraction of the digit's height) are one digit (a broken 5)
+MIN_DIGIT_SIDE = 0.05  # a digit is at least this big (fraction of the image's longer side) ...
+MIN_DIGIT_PX = 6  # ... and this many pixels
+MAX_COMPONENTS = 48  # the largest components considered; the rest are specks
+MNIST_STROKE = 3.0  # MNIST's median stroke width in a 20-px box (2*area/boundary at 12% ink; 5th pct 2.5)
+THIN_STROKE = 1.6  # thinner than this in a 20-px box (well below MNIST's 5th percentile): thickened
+SIDE_BY_SIDE_HEIGHT = 0.65  # another group this tall relative to the digit, beside it, is another digit ...
+BESIDE_AREA = 0.15  # ... with at least this much ink relative to it ...
+BESIDE_STROKE = 0.35  # ... and strokes at least this wide relative to its strokes (not a hair or a scratch)
+
+_CROSS = cv2.getStructuringElement(cv2.MORPH_CROSS, (3, 3))
+_SQUARE = np.ones((3, 3), np.uint8)
+_SQUARE5 = np.ones((5, 5), np.uint8)
 _AXIS = np.arange(IMAGE_SIZE, dtype=np.float64)
 
 
@@ -173,91 +230,595 @@ def is_mnist_format(grey: np.ndarray) -> bool:
     return abs(cy - IMAGE_SIZE / 2) <= 0.51 and abs(cx - IMAGE_SIZE / 2) <= 0.51
 
 
-@functools.lru_cache(maxsize=64)
-def _border_design(h: int, w: int) -> np.ndarray:
-    """Rows [1, y/h, x/w] for the border pixels, in the order _border() lists them."""
-    ys = np.concatenate([np.zeros(w), np.full(w, h - 1.0), np.arange(1, h - 1.0), np.arange(1, h - 1.0)]) / h
-    xs = np.concatenate([np.arange(w, dtype=float), np.arange(w, dtype=float), np.zeros(h - 2), np.full(h - 2, w - 1.0)]) / w
-    return np.stack([np.ones_like(ys), ys, xs], axis=1)
+def _no_digit(why: str) -> ImageError:
+    return ImageError(f"no digit found: {why}")
 
 
-def _paper(grey: np.ndarray) -> tuple[np.ndarray, float]:
-    """The paper's level everywhere, a plane a + b*y + c*x fitted to the border (uneven lighting),
-    and the paper's noise (robust sigma of the border around that plane)."""
+def _kernel(width: int, height: int) -> np.ndarray:
+    return cv2.getStructuringElement(cv2.MORPH_RECT, (max(1, int(width)), max(1, int(height))))
+
+
+def to_working_size(grey: np.ndarray) -> np.ndarray:
+    """uint8 [H,W] -> uint8 with the longest side at most WORK_SIDE (area averaging; smaller ones as they are).
+
+    For phone photos and 300-dpi scans: thousands of pixels a side cost time and say nothing more about
+    a digit that ends up 20 px tall; a thin pen's stroke is averaged, not lost (kind `thin-pen-scan`).
+    """
     h, w = grey.shape
-    design = _border_design(h, w)
-    border = np.concatenate([grey[0], grey[-1], grey[1:-1, 0], grey[1:-1, -1]]).astype(np.float64)
-    # Least squares twice (normal equations, 3x3): the second fit ignores border pixels far from
-    # the first, such as ink touching the edge.
-    keep = np.ones(len(border), bool)
-    for _ in range(2):
+    if max(h, w) <= WORK_SIDE:
+        return grey
+    f = WORK_SIDE / max(h, w)
+    return cv2.resize(grey, (max(1, round(w * f)), max(1, round(h * f))), interpolation=cv2.INTER_AREA)
+
+
+def ink_is_dark(grey: np.ndarray) -> bool:
+    """Polarity of uint8 [H,W]: True for dark ink on light paper, False for light ink on dark (inverted).
+
+    The paper is the bulk of the pixels (the median), the ink whichever tail departs further from it.
+    Judged on all pixels rather than the border, which a grid cell's frame or a dark photo corner would
+    decide wrongly (field image c07: the frame line was taken for the paper). Kind: `inverted`.
+    """
+    flat = grey.ravel() if grey.size <= 1 << 15 else grey[::2, ::2].ravel()
+    n = flat.size
+    k = max(1, n // 2000)  # the k-th most extreme pixel: a few hot pixels do not decide
+    lo, med, hi = np.partition(flat, (k - 1, n // 2, n - k))[[k - 1, n // 2, n - k]].astype(int)
+    return med - lo >= hi - med
+
+
+@functools.lru_cache(maxsize=64)
+def _quadratic_design(h: int, w: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(u [w], v [h], design [h*w, 6]): pixel centres in [-0.5, 0.5] and the terms 1, u, v, u^2, uv, v^2."""
+    u = (np.arange(w, dtype=np.float32) + 0.5) / w - 0.5
+    v = (np.arange(h, dtype=np.float32) + 0.5) / h - 0.5
+    uu, vv = np.broadcast_to(u, (h, w)).ravel(), np.broadcast_to(v[:, None], (h, w)).ravel()
+    return u, v, np.stack([np.ones_like(uu), uu, vv, uu * uu, uu * vv, vv * vv], axis=1)
+
+
+def _median(values: np.ndarray) -> float:
+    return float(np.partition(values, values.size // 2)[values.size // 2])
+
+
+def _paper_trend(small: np.ndarray) -> np.ndarray:
+    """A quadratic surface a + bx + cy + dx^2 + exy + fy^2 fitted to the paper of a small float32 image
+    (ink-bright), ink left out by iterated residual cuts: the light's overall fall-off (a vignette)."""
+    h, w = small.shape
+    u, v, design = _quadratic_design(h, w)
+    values = small.ravel()
+    keep = values <= _median(values)  # start from the darker half: paper, however much ink there is
+    for _ in range(3):
         d = design[keep]
-        coef = np.linalg.solve(d.T @ d + 1e-9 * np.eye(3), d.T @ border[keep])
-        resid = np.abs(design @ coef - border)
-        q75 = np.partition(resid, (3 * len(resid)) // 4)[(3 * len(resid)) // 4]
-        keep = resid <= max(8.0, 2 * q75)
-    kept = resid[keep]
-    noise = 1.4826 * float(np.partition(kept, len(kept) // 2)[len(kept) // 2]) if len(kept) else 0.0
-    plane = (coef[0] + (coef[1] / h) * np.arange(h, dtype=np.float32)[:, None]
-             + (coef[2] / w) * np.arange(w, dtype=np.float32))
-    return plane.astype(np.float32), noise
+        coef = np.linalg.solve(d.T @ d + np.float32(1e-6) * np.eye(6, dtype=np.float32), d.T @ values[keep])
+        resid = values - design @ coef
+        kept = resid[keep]
+        med = _median(kept)
+        keep = resid <= med + 2.5 * 1.4826 * _median(np.abs(kept - med)) + 1.0  # ink is above the paper
+    c = coef.astype(np.float32)
+    return c[0] + c[1] * u + c[2] * v[:, None] + c[3] * u * u + c[4] * u * v[:, None] + c[5] * (v * v)[:, None]
 
 
-def _mass_bounds(mass: np.ndarray, cut: float = 0.002) -> tuple[int, int]:
-    """First and last index holding the central (1 - 2*cut) of the mass: stray specks fall outside."""
-    cum = np.cumsum(mass)
-    lo, hi = np.searchsorted(cum, [cut * cum[-1], (1 - cut) * cum[-1]])
-    return int(lo), int(hi)
+def _regrow_from_edges(opened: np.ndarray, image: np.ndarray) -> np.ndarray:
+    """The opening, with what it cut from the narrow tips of shadows and dark regions that come in
+    from the image's edges grown back (reconstruction by geodesic dilation under the image, kept only
+    where the regrown part reaches the edge). A stroke is brighter than the paper around it and does
+    not regrow; if a thick blob of a digit survived the opening, what regrows from it along the
+    strokes stays inside the image and is not kept."""
+    grown = opened
+    for _ in range(max(image.shape)):
+        step = cv2.min(cv2.dilate(grown, _SQUARE5), image)
+        if np.array_equal(step, grown):
+            break
+        grown = step
+    regrown = cv2.compare(grown - opened, 2.0, cv2.CMP_GT)
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(regrown, connectivity=8)
+    h, w = image.shape
+    x, y, bw, bh = stats[:, 0], stats[:, 1], stats[:, 2], stats[:, 3]
+    at_edge = (x == 0) | (y == 0) | (x + bw == w) | (y + bh == h)
+    at_edge[0] = False
+    if not at_edge.any():
+        return opened
+    return np.where(at_edge[labels], grown, opened)
 
 
-def _flat_paper(grey: np.ndarray) -> tuple[float, float] | None:
-    """(level, noise) of an evenly lit page, from its border; None when the border varies (a photo)."""
-    border = np.sort(np.concatenate((grey[0], grey[-1], grey[1:-1, 0], grey[1:-1, -1])))
-    n = len(border)
-    q10, q25, q50, q75, q90 = border[[n // 10, n // 4, n // 2, 3 * n // 4, 9 * n // 10]].astype(float)
-    if q90 - q10 > 24:
+def _even_paper(ink_up: np.ndarray) -> tuple[float, float] | None:
+    """(level, noise sigma) of evenly lit paper, from the image's border (ink-bright image); None when
+    the border's level varies (a photo, a shadow) or is not the paper (a cell's frame, a digit)."""
+    border = np.concatenate((ink_up[0], ink_up[-1], ink_up[1:-1, 0], ink_up[1:-1, -1]))
+    n = border.size
+    q10, q25, q50, q75, q90 = np.partition(border, (n // 10, n // 4, n // 2, 3 * n // 4, 9 * n // 10))[
+        [n // 10, n // 4, n // 2, 3 * n // 4, 9 * n // 10]].astype(float)
+    if q90 - q10 > EVEN_BORDER:
+        return None
+    sample = ink_up[:: max(1, ink_up.shape[0] // 32), :: max(1, ink_up.shape[1] // 32)].ravel()
+    if q50 > _median(sample) + max(4.0, q90 - q10):  # the border is darker than most of the page: a frame
         return None
     return q50, (q75 - q25) / 1.349
 
 
-def to_mnist(grey: np.ndarray) -> np.ndarray:
-    """A uint8 grey image of a single digit, any size and polarity -> uint8 [28,28] in MNIST's layout."""
-    if is_mnist_format(grey):
-        return grey
-    if min(grey.shape) < 3:
-        raise ImageError(f"image is {grey.shape[1]}x{grey.shape[0]} pixels: too small to hold a digit")
-    flat_paper = _flat_paper(grey)
-    paper, noise = flat_paper if flat_paper is not None else _paper(grey)
-    residual = grey.astype(np.float32)
-    residual -= paper
-    flat = residual.ravel()
-    k = max(1, flat.size // 4000)  # the k-th most extreme pixel: a few hot pixels do not decide
-    darkest, brightest = np.partition(flat, [k - 1, flat.size - k])[[k - 1, flat.size - k]]
-    # Ink polarity: whichever departs further from the paper is the ink (dark ink on light paper is
-    # made white-on-black, as MNIST is).
-    dark_ink = -darkest > brightest
-    peak = float(-darkest if dark_ink else brightest)
-    if peak < 16:  # a blank page: nothing to classify
-        raise ImageError("no ink found: the image is blank or has no contrast")
-    # Stretch the ink to full scale and cut the haze: what the paper's own noise could explain, and
-    # at least MIN_HAZE_CUT of the contrast (faint boxes, shadows and ringing around the digit).
-    cut = min(0.5, max(MIN_HAZE_CUT, 3.0 * noise / peak))
-    gain = 255.0 / (peak * (1 - cut))
-    ink = np.clip(residual, None, -cut * peak) if dark_ink else np.clip(residual, cut * peak, None)
-    ink -= -cut * peak if dark_ink else cut * peak
-    ink *= -gain if dark_ink else gain
-    np.minimum(ink, 255.0, out=ink)
-    r0, r1 = _mass_bounds(ink.sum(axis=1))
-    c0, c1 = _mass_bounds(ink.sum(axis=0))
-    crop = ink[r0 : r1 + 1, c0 : c1 + 1]
-    h, w = crop.shape
-    scale = DIGIT_BOX / max(h, w)
-    new_h, new_w = max(1, round(h * scale)), max(1, round(w * scale))
-    box = Image.fromarray(crop.astype(np.uint8), mode="L")
-    digit = np.asarray(box.resize((new_w, new_h), Image.LANCZOS if scale < 1 else Image.BILINEAR))
-    row_mass, col_mass = digit.sum(axis=1, dtype=np.float64), digit.sum(axis=0, dtype=np.float64)
-    total = row_mass.sum()
-    cy, cx = (row_mass @ np.arange(new_h)) / total, (col_mass @ np.arange(new_w)) / total
+def subtract_paper(grey: np.ndarray, dark_ink: bool) -> tuple[np.ndarray, float]:
+    """uint8 [H,W] -> (ink uint8 [H,W]: grey levels above the local paper, bright = ink; paper noise sigma).
+
+    Evenly lit paper (a flat border at the page's own level: scans, drawings) is one level. Otherwise
+    the paper's level is estimated everywhere, not as one level or one plane, on a PAPER_SIDE-px copy
+    (then enlarged): the light's overall fall-off as a quadratic surface fitted to the paper, and what
+    it leaves (a soft shadow's edge, the table beyond a photo's paper edge) as a morphological opening
+    of the ink-bright image, wider than any stroke, regrown into the narrow tips of shadows
+    (`_regrow_from_edges`). An opening alone follows the light everywhere but at the image's edges,
+    where it only sees inwards and leaves a bright rim under a vignette; on the remainder of the
+    quadratic fit there is little slope left to misjudge. Kinds: `shadow`,
+    `vignette`, `photo`, `dark-corner`, `blank-photo`.
+    The noise sigma is (median - lower quartile) / 0.6745 of the residual over a sample of the pixels.
+    """
+    ink_up = cv2.bitwise_not(grey) if dark_ink else grey
+    even = _even_paper(ink_up)
+    if even is not None:  # a scan, a drawing, a thumbnail: one level will do, and costs nothing
+        level, noise = even
+        return cv2.subtract(ink_up, level), noise
+    h, w = ink_up.shape
+    f = PAPER_SIDE / max(h, w)
+    small = ink_up
+    if f < 1:
+        small = cv2.resize(ink_up, (max(1, round(w * f)), max(1, round(h * f))), interpolation=cv2.INTER_AREA)
+    small = small.astype(np.float32)
+    trend = _paper_trend(small)
+    k = max(3, int(min(PAPER_KERNEL * max(small.shape), min(small.shape))) | 1)
+    flat = small - trend
+    opened = cv2.morphologyEx(flat, cv2.MORPH_OPEN, _kernel(k, k))
+    paper = _regrow_from_edges(opened, flat) + trend
+    paper = cv2.resize(paper, (w, h), interpolation=cv2.INTER_LINEAR) if f < 1 else paper
+    residual = ink_up.astype(np.float32) - paper
+    ink = cv2.convertScaleAbs(np.maximum(residual, 0))  # rounded, saturated uint8
+    # The noise from the lower half of the residual only: ink adds to the paper, never takes away, so
+    # there the paper is alone even when a thick digit covers a third of the page.
+    step = max(1, int((h * w / 4096) ** 0.5))
+    sample = residual[::step, ::step].ravel()
+    q25, q50 = np.partition(sample, (sample.size // 4, sample.size // 2))[[sample.size // 4, sample.size // 2]]
+    return ink, float(q50 - q25) / 0.6745
+
+
+def ink_level(ink: np.ndarray, noise: float) -> int:
+    """Grey levels above the paper that count as ink: at least MIN_INK_LEVEL, NOISE_SIGMAS * the paper's
+    noise, and INK_FRACTION of the strongest ink (its 99.5th percentile: the digit's, not a speck's),
+    so that faint speckle, shading and JPEG ringing around strong ink stay out. The noise's share is
+    at most half the strongest ink: on a canvas speckled all over, the "noise" is the speckle, and
+    the digit still stands above it."""
+    hist = cv2.calcHist([ink], [0], None, [256], [0, 256]).ravel()
+    top = int(np.searchsorted(np.cumsum(hist), 0.995 * ink.size))
+    return int(max(MIN_INK_LEVEL, min(NOISE_SIGMAS * noise, 0.5 * top), INK_FRACTION * top))
+
+
+def _thin_runs(found: np.ndarray, solid: np.ndarray, horizontal: bool, thickness: int, length: int
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Thin straight runs along one axis, in `found` (where lines may be) but not thick in `solid` (the
+    ink): (labels int32, stats [n,5] as OpenCV gives them, the thin mask)."""
+    def along(length: int, width: int) -> np.ndarray:  # a kernel `length` along the line, `width` across
+        return _kernel(length, width) if horizontal else _kernel(width, length)
+
+    # Thin: what an opening across the line with (thickness + 1) would delete; a digit's strokes that
+    # cross the line are thick in that direction and stay.
+    # (Outside the image is paper: a line along the image's edge is thin too.)
+    thick = cv2.morphologyEx(solid, cv2.MORPH_OPEN, along(1, thickness + 1),
+                             borderType=cv2.BORDER_CONSTANT, borderValue=0)
+    thin = cv2.subtract(found, thick)
+    band = cv2.dilate(thin, along(1, 3))  # a line tilted by a pixel or two
+    bridged = cv2.morphologyEx(band, cv2.MORPH_CLOSE, along(max(3, length // 3), 1))  # gaps where strokes cross
+    runs = cv2.morphologyEx(bridged, cv2.MORPH_OPEN, along(length, 1))
+    _, labels, stats, _ = cv2.connectedComponentsWithStats(runs, connectivity=8)
+    return labels, stats, thin
+
+
+def _rules(stats: np.ndarray, horizontal: bool, span: int) -> list[list[int]]:
+    """Segments (indices, grouped by line) that, with the collinear pieces beside them (one ruled line
+    interrupted where the digit crosses it), span RULE_SPAN of the image and cover RULE_COVER of it."""
+    if len(stats) == 0:
+        return []
+    across = stats[:, 1] + stats[:, 3] / 2 if horizontal else stats[:, 0] + stats[:, 2] / 2
+    start, length = (stats[:, 0], stats[:, 2]) if horizontal else (stats[:, 1], stats[:, 3])
+    order = np.argsort(across, kind="stable")
+    clusters, current = [], [int(order[0])]
+    for a, b in zip(order[:-1], order[1:]):
+        if across[b] - across[a] <= 3:
+            current.append(int(b))
+        else:
+            clusters.append(current)
+            current = [int(b)]
+    clusters.append(current)
+    rules = [c for c in clusters
+             if max(start[c] + length[c]) - min(start[c]) >= RULE_SPAN * span and length[c].sum() >= RULE_COVER * span]
+    if rules:  # the other side of a cell, a rule a little shorter than its neighbours: as long as they are
+        ruled = {i for c in rules for i in c}
+        longest = max(int(length[c].sum()) for c in rules)
+        rules += [[i] for i in range(len(stats)) if i not in ruled and length[i] >= 0.8 * longest]
+    return rules
+
+
+def _frame_sides(h_stats: np.ndarray, v_stats: np.ndarray, tol: float) -> tuple[set[int], set[int]]:
+    """Indices of horizontal and vertical segments that meet others at two or more corners (a box, a cell)."""
+    if len(h_stats) == 0 or len(v_stats) == 0:
+        return set(), set()
+    hs = [h_stats[np.argmin(h_stats[:, 1])], h_stats[np.argmax(h_stats[:, 1])]]  # top-most, bottom-most
+    vs = [v_stats[np.argmin(v_stats[:, 0])], v_stats[np.argmax(v_stats[:, 0])]]  # left-most, right-most
+    h_ids = [int(np.argmin(h_stats[:, 1])), int(np.argmax(h_stats[:, 1]))]
+    v_ids = [int(np.argmin(v_stats[:, 0])), int(np.argmax(v_stats[:, 0]))]
+    corners = set()  # (horizontal, vertical) pairs whose ends meet; one segment may be both top- and bottom-most
+    for hi, (hx, hy, hw, hh, _) in zip(h_ids, hs):
+        for vi, (vx, vy, vw, vh, _) in zip(v_ids, vs):
+            h_end = min(abs(hx - (vx + vw / 2)), abs(hx + hw - (vx + vw / 2)))
+            v_end = min(abs(vy - (hy + hh / 2)), abs(vy + vh - (hy + hh / 2)))
+            if h_end <= tol and v_end <= tol:
+                corners.add((hi, vi))
+    if len(corners) < 2:
+        return set(), set()
+    return {hi for hi, _ in corners}, {vi for _, vi in corners}
+
+
+def _encloses_ink(solid: np.ndarray, h_sides: np.ndarray, v_sides: np.ndarray, thickness: int) -> bool:
+    """Whether the rectangle of these frame sides holds ink inside, clear of the sides: a box drawn
+    around a digit does; the straight sides of a small 0 or the corner of a 4 enclose nothing."""
+    sides = np.concatenate([h_sides, v_sides])
+    x0, y0 = sides[:, 0].min(), sides[:, 1].min()
+    x1, y1 = (sides[:, 0] + sides[:, 2]).max(), (sides[:, 1] + sides[:, 3]).max()
+    m = thickness + 1
+    inner = solid[y0 + m : y1 - m, x0 + m : x1 - m]
+    if inner.size == 0 or inner.sum() < max(8, 0.01 * inner.size):
+        return False
+    ys, xs = np.nonzero(inner)
+    return ys.min() > 0 and xs.min() > 0 and ys.max() < inner.shape[0] - 1 and xs.max() < inner.shape[1] - 1
+
+
+def remove_rules(ink: np.ndarray, level: int) -> tuple[np.ndarray, int]:
+    """Ink uint8 [H,W] -> (the same without rule, grid, form and box lines; how many lines were removed).
+
+    For ruled and squared paper, a cell cut from a form or a Sudoku with its lines on two or four sides,
+    a box drawn around the digit. A line is a thin (at most LINE_THICKNESS of the image) straight run
+    of ink, horizontal or vertical within a pixel or two of tilt, found by morphological openings, that
+    spans RULE_SPAN of the image (counting the collinear pieces of a line the digit interrupts, and the
+    parallel lines as long as those), or is at least FRAME_SPAN long and meets others at two or more
+    corners around other ink (a box). Each line is cut along its own fitted band, and only what is as
+    thin as the lines there, so a digit's strokes beside or across a line stay; where a thin stroke
+    crossed a line, the cut is closed again across it. Images under MIN_RULED_SIDE px are left alone.
+    Kinds: `ruled`, `squared`, `grid-cell-4`, `grid-cell-2`, `boxed`; field image c07 (a printed 3 in a
+    four-sided cell).
+    """
+    h, w = ink.shape
+    thickness = max(MIN_LINE_THICKNESS, round(LINE_THICKNESS * min(h, w)))
+    if min(h, w) < MIN_RULED_SIDE:  # the digit fills so small an image: no room for rules around it
+        return ink, 0
+    # Ink averaged along the line's direction, at half the ink level: a faint line broken into dashes
+    # (JPEG, a reduced photo) is found whole; speckle averages away.
+    # Half the ink level, so that a faint line broken into dashes (JPEG, a reduced photo) is found
+    # whole; of that, only what stays inky averaged along the line's direction: speckle averages away.
+    half = max(MIN_INK_LEVEL // 2, level // 2)
+    faint = cv2.compare(ink, half, cv2.CMP_GT)
+    found = []
+    for horizontal, span in ((True, w), (False, h)):
+        along = cv2.compare(cv2.blur(ink, (9, 1) if horizontal else (1, 9)), half, cv2.CMP_GT)
+        lines = cv2.bitwise_and(faint, along)
+        labels, stats, band = _thin_runs(lines, faint, horizontal, thickness, max(8, round(PIECE_SPAN * span)))
+        found.append((span, labels, stats[1:], band))
+    (w_span, h_labels, h_stats, h_band), (h_span, v_labels, v_stats, v_band) = found
+    h_rules, v_rules = _rules(h_stats, True, w_span), _rules(v_stats, False, h_span)
+    h_long = np.flatnonzero(h_stats[:, 2] >= FRAME_SPAN * w_span)
+    v_long = np.flatnonzero(v_stats[:, 3] >= FRAME_SPAN * h_span)
+    h_frame, v_frame = _frame_sides(h_stats[h_long], v_stats[v_long], tol=max(4.0, 0.06 * max(h, w)))
+    if (h_frame or v_frame) and not _encloses_ink(ink > level, h_stats[h_long[list(h_frame)]],
+                                                   v_stats[v_long[list(v_frame)]], thickness):
+        h_frame, v_frame = set(), set()  # the corners of a 0 or a 4, not a box around the digit
+    h_lines = h_rules + [[int(h_long[i])] for i in h_frame if not any(h_long[i] in c for c in h_rules)]
+    v_lines = v_rules + [[int(v_long[i])] for i in v_frame if not any(v_long[i] in c for c in v_rules)]
+    if not h_lines and not v_lines:
+        return ink, 0
+    cuts = []
+    for lines, labels, stats, thin, horizontal in ((h_lines, h_labels, h_stats, h_band, True),
+                                                    (v_lines, v_labels, v_stats, v_band, False)):
+        if lines:
+            band, width = _line_bands(lines, labels, stats, thin, horizontal)
+            # Cut only what is as thin as the lines themselves, inside their own band: a digit's
+            # stroke that crosses a line, or runs beside it, stays.
+            across = _kernel(1, width + 2) if horizontal else _kernel(width + 2, 1)
+            thick = cv2.morphologyEx(faint, cv2.MORPH_OPEN, across, borderType=cv2.BORDER_CONSTANT, borderValue=0)
+            cuts.append([band, cv2.bitwise_and(band, cv2.subtract(faint, thick)), horizontal, width])
+    if len(cuts) == 2:  # where a horizontal and a vertical line cross, each is thick in the other's direction
+        crossings = cv2.bitwise_and(cuts[0][0], cuts[1][0])
+        for c in cuts:
+            c[1] = cv2.bitwise_or(c[1], crossings)
+    out = ink.copy()
+    for _, cut, _, _ in cuts:
+        out[cut > 0] = 0
+    for _, cut, horizontal, width in cuts:
+        # A thin stroke that crossed the line was cut with it: close the cut across the line.
+        closed = cv2.morphologyEx(out, cv2.MORPH_CLOSE, _kernel(3, width + 1) if horizontal else _kernel(width + 1, 3))
+        cv2.copyTo(closed, cut, out)
+    return out, len(h_lines) + len(v_lines)
+
+
+def _line_bands(lines: list[list[int]], labels: np.ndarray, stats: np.ndarray, thin: np.ndarray,
+                horizontal: bool) -> tuple[np.ndarray, int]:
+    """Each line (its run segments' indices) as a straight band, fitted through its thin pixels, as
+    thick as the thickest line (a pixel to spare): (uint8 mask, band width in pixels)."""
+    fits = []
+    for ids in lines:
+        x0, y0 = stats[ids, 0].min(), stats[ids, 1].min()
+        x1, y1 = (stats[ids, 0] + stats[ids, 2]).max(), (stats[ids, 1] + stats[ids, 3]).max()
+        box = (slice(y0, y1), slice(x0, x1))
+        ys, xs = np.nonzero(np.isin(labels[box], np.asarray(ids) + 1) & (thin[box] > 0))
+        if len(ys) < 2:
+            continue
+        along, across = (xs + x0, ys + y0) if horizontal else (ys + y0, xs + x0)
+        if np.ptp(along):
+            slope, offset = np.polyfit(along.astype(np.float64), across.astype(np.float64), 1)
+        else:
+            slope, offset = 0.0, float(across.mean())
+        extent = max(1, int(np.ptp(along)) + 1)
+        fits.append((slope, offset, int(along.min()), int(along.max()), len(ys) / extent))
+    band = np.zeros(labels.shape, np.uint8)
+    if not fits:
+        return band, 1
+    width = int(np.ceil(max(f[4] for f in fits))) + 1
+    for slope, offset, lo, hi, _ in fits:
+        lo, hi = lo - width - 2, hi + width + 2  # past the ends, where a crossing line made the pixels thick
+        a, b = (lo, slope * lo + offset), (hi, slope * hi + offset)
+        p, q = (a, b) if horizontal else (a[::-1], b[::-1])
+        cv2.line(band, (round(p[0] * 16), round(p[1] * 16)), (round(q[0] * 16), round(q[1] * 16)), 255, width,
+                 cv2.LINE_8, shift=4)
+    return band, width
+
+
+def edge_sharpness(ink: np.ndarray, mask: np.ndarray, peak: float) -> float:
+    """How sharply ink rises from the paper at a mark's outline: the median morphological gradient
+    (3x3 max - min) on the mask's boundary pixels, over the mark's peak. Pen strokes, even blurred by
+    a phone, rise within a few pixels (0.3 and more); what is left of a shadow's edge or a vignette
+    rises over tens of pixels (below 0.15)."""
+    boundary = cv2.subtract(mask, cv2.erode(mask, _SQUARE))
+    gradient = cv2.morphologyEx(ink, cv2.MORPH_GRADIENT, _SQUARE)
+    values = gradient[boundary > 0]
+    return _median(values) / max(peak, 1.0) if values.size else 0.0
+
+
+def _not_digit_parts(x0, y0, x1, y1, area, h: int, w: int) -> np.ndarray:
+    """Per component (bounding boxes and areas as arrays): never part of a digit. Dark photo corners
+    (solid, in a corner of the image), strips along the image's edge (the paper's edge, a scanner's
+    margin) and frames around other sizeable ink (a box drawn by hand, a circle around the digit)."""
+    cw, ch = x1 - x0, y1 - y0
+    fill = area / np.maximum(cw * ch, 1)
+    left, top, right, bottom = x0 <= 0, y0 <= 0, x1 >= w, y1 >= h
+    touches = left.astype(int) + top + right + bottom
+    corner = (left | right) & (top | bottom) & (touches < 4) & (fill > 0.4)
+    strip = (left ^ right) & (ch >= 0.9 * h) & (cw <= 0.15 * w)
+    strip |= (top ^ bottom) & (cw >= 0.9 * w) & (ch <= 0.15 * h)
+    if len(x0) == 1:
+        return corner | strip
+    inside = ((x0[None] > x0[:, None]) & (x1[None] < x1[:, None]) & (y0[None] > y0[:, None]) & (y1[None] < y1[:, None])
+              & (ch[None] >= 0.25 * ch[:, None]))  # [i, j]: j lies inside i's box
+    frame = inside.any(axis=1) & (fill < 0.3)
+    return corner | strip | frame
+
+
+def _group(x0, y0, x1, y1, area, apart: np.ndarray, gap: float, height: float) -> np.ndarray:
+    """Group index per component: pieces of one digit are close (within `gap` px), and a speck beside
+    a stroke joins it only when touching it. Components flagged in `apart` stay alone."""
+    dx = np.maximum(0, np.maximum(x0[:, None], x0[None]) - np.minimum(x1[:, None], x1[None]))
+    dy = np.maximum(0, np.maximum(y0[:, None], y0[None]) - np.minimum(y1[:, None], y1[None]))
+    substantial = np.minimum(area[:, None], area[None]) >= 0.05 * np.maximum(area[:, None], area[None])
+    join = (dx <= gap) & (dy <= gap) & (substantial | (np.maximum(dx, dy) <= 0.03 * height))
+    join &= ~apart[:, None] & ~apart[None]
+    parent = list(range(len(x0)))
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    for i, j in np.argwhere(np.triu(join, 1)):
+        parent[root(int(i))] = root(int(j))
+    return np.array([root(i) for i in range(len(x0))])
+
+
+def _ids_mask(labels: np.ndarray, ids: np.ndarray, n: int) -> np.ndarray:
+    """uint8 mask (255) of the pixels whose component label is one of `ids` (labels from OpenCV, n labels)."""
+    if len(ids) == 1:
+        return cv2.compare(labels, int(ids[0]), cv2.CMP_EQ)
+    lut = np.zeros(n, np.uint8)
+    lut[ids] = 255
+    return lut[labels]
+
+
+def _box_like(mask: np.ndarray) -> bool:
+    """Whether a mark (uint8 mask cut to its box) is a rectangle's outline: nearly all of its ink lies
+    along the edges of its box (within 8% of the box's size). An oval 0 touches its box at four points."""
+    h, w = mask.shape
+    m = max(2, round(0.08 * min(h, w)))
+    if min(h, w) < 4 * m:
+        return False
+    total = cv2.countNonZero(mask)
+    return cv2.countNonZero(mask[m:-m, m:-m]) < 0.1 * total
+
+
+def _has_hole(mask: np.ndarray) -> bool:
+    """Whether a mask (uint8, nonzero = ink) encloses paper: the paper reached from outside is not all of it."""
+    outside = cv2.copyMakeBorder((mask > 0).view(np.uint8), 1, 1, 1, 1, cv2.BORDER_CONSTANT, value=0)
+    paper = outside.size - cv2.countNonZero(outside)
+    cv2.floodFill(outside, None, (0, 0), 1)
+    return outside.size - cv2.countNonZero(outside) > 0 and paper > 0
+
+
+def keep_digit_components(ink: np.ndarray, level: int, noise: float) -> tuple[list[np.ndarray], bool]:
+    """Ink uint8 [H,W] -> (one uint8 mask [H,W] per digit, left to right; whether sizeable marks were dropped).
+
+    Connected components of the ink (8-connected); dark photo corners, strips along the image's edge
+    and frames around other ink are set apart (`_not_digit_parts`); the rest are grouped when closer
+    than MERGE_GAP of the digit's height (the two strokes of a 4, a broken 5). Left out: specks and
+    dust, groups too small to be a digit, dashes and underlines (far wider than tall), solid blobs,
+    and groups too faint or too soft-edged to be ink (the edge of a shadow). The digit is the largest
+    group that remains; other groups of comparable height beside it (not above or below), with
+    comparable ink and strokes, are further digits.
+    Raises ImageError("no digit found ...") when nothing digit-like remains: blank, ruled or squared
+    paper, only lines or specks. Kinds: `specks`, `dark-corner`, `alpha-speckle`, `highlighter`,
+    `boxed`, `blank-*`, `two-digits`, `three-digits`; field images c05 (blank squared paper) and
+    c06 ("17").
+    """
+    h, w = ink.shape
+    binary = cv2.compare(ink, level, cv2.CMP_GT)
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(binary, connectivity=8)
+    if n <= 1:
+        raise _no_digit("no ink (the image is blank or has no contrast)")
+    stats = stats[1:]
+    order = np.argsort(-stats[:, 4], kind="stable")[:MAX_COMPONENTS]
+    order = order[stats[order, 4] >= 3]  # single pixels and pairs are noise
+    if len(order) == 0:
+        raise _no_digit("only specks")
+    x0, y0, cw, ch, area = (stats[order, i].astype(np.int64) for i in range(5))
+    x1, y1 = x0 + cw, y0 + ch
+    apart = _not_digit_parts(x0, y0, x1, y1, area, h, w)
+    sizeable = (area >= 0.1 * area.max()) & ~apart
+    height = float(ch[sizeable].max()) if sizeable.any() else float(ch.max())
+    roots = np.zeros(1, int)
+    if len(order) > 1:
+        roots = _group(x0, y0, x1, y1, area, apart, max(2.0, MERGE_GAP * height), height)
+    groups = []
+    for r in sorted(set(roots.tolist())):
+        members = roots == r
+        gx0, gy0, gx1, gy1 = x0[members].min(), y0[members].min(), x1[members].max(), y1[members].max()
+        groups.append(dict(ids=order[members] + 1, x0=gx0, y0=gy0, x1=gx1, y1=gy1, w=gx1 - gx0, h=gy1 - gy0,
+                           area=int(area[members].sum()), apart=bool(apart[members].any())))
+    min_side = max(MIN_DIGIT_PX, MIN_DIGIT_SIDE * max(h, w))
+    min_peak = max(MIN_CONTRAST, min(MIN_CONTRAST_SIGMAS * noise, 1.5 * level))
+    candidates = []
+    for g in groups:
+        fill = g["area"] / float(g["w"] * g["h"])
+        if (g["apart"] or max(g["w"], g["h"]) < min_side  # a speck
+                or g["w"] > 3 * g["h"]):  # a dash, an underline, what is left of a line
+            continue
+        box = (slice(g["y0"], g["y1"]), slice(g["x0"], g["x1"]))
+        g["mask"] = _ids_mask(labels[box], g["ids"], n)
+        if fill > 0.75 and g["h"] < 1.8 * g["w"] and not _has_hole(g["mask"]):
+            continue  # a blob, a smudge (a bold 0 has a hole)
+        if _box_like(g["mask"]):
+            continue  # an empty box or cell frame
+        g["peak"] = cv2.minMaxLoc(ink[box], g["mask"])[1]
+        sharpness = edge_sharpness(ink[box], g["mask"], g["peak"])
+        if g["peak"] >= min_peak and sharpness >= (MIN_SHARPNESS if g["peak"] >= FAINT_CONTRAST else FAINT_SHARPNESS):
+            candidates.append(g)
+    if not candidates:
+        raise _no_digit("only lines, specks or marks" if len(groups) > 1 else "only specks")
+    main = max(candidates, key=lambda g: g["area"])
+    beside = [g for g in candidates if g is not main
+              and SIDE_BY_SIDE_HEIGHT * main["h"] <= g["h"] <= main["h"] / SIDE_BY_SIDE_HEIGHT
+              and min(g["y1"], main["y1"]) - max(g["y0"], main["y0"]) >= 0.5 * min(g["h"], main["h"])
+              and min(g["x1"], main["x1"]) - max(g["x0"], main["x0"]) <= 0.2 * min(g["w"], main["w"])
+              and g["area"] >= BESIDE_AREA * main["area"]]
+    if beside:  # written with the same pen: a hair or a scratch beside a digit is not a 1
+        width = stroke_width(main["mask"])
+        beside = [g for g in beside if stroke_width(g["mask"]) >= BESIDE_STROKE * width]
+    digits = sorted([main] + beside, key=lambda g: g["x0"])
+    dropped = any(all(g is not d for d in digits) and max(g["w"], g["h"]) >= 0.3 * main["h"]
+                  and g["area"] >= 0.05 * main["area"] for g in groups)
+    masks = [_ids_mask(labels, g["ids"], n) for g in digits]
+    return masks, dropped
+
+
+def crop_digit(ink: np.ndarray, mask: np.ndarray, margin: int = 2) -> tuple[np.ndarray, np.ndarray]:
+    """(ink uint8 [H,W], digit mask) -> (the digit's ink, its mask), cut to the mask's box plus a margin.
+
+    Everything outside the mask (grown by a pixel, for the strokes' soft edges) is set to 0: specks,
+    marks and other digits do not enter the digit's box.
+    """
+    x, y, bw, bh = cv2.boundingRect(mask)
+    h, w = mask.shape
+    x0, y0, x1, y1 = max(0, x - margin), max(0, y - margin), min(w, x + bw + margin), min(h, y + bh + margin)
+    m = mask[y0:y1, x0:x1]
+    return cv2.bitwise_and(ink[y0:y1, x0:x1], cv2.dilate(m, _SQUARE)), m
+
+
+def paper_haze(ink: np.ndarray, masks: list[np.ndarray]) -> float:
+    """The strongest the paper alone gets, in grey levels: the 99th percentile of the ink map away from
+    the digits (their masks grown by 2 px). Paper noise, texture and JPEG ringing; on a transparent
+    canvas with faint alpha speckle, the speckle (samples/0/drawn-00003.png, kind `alpha-speckle`)."""
+    digits = functools.reduce(cv2.bitwise_or, masks)
+    away = cv2.bitwise_not(cv2.dilate(digits, _SQUARE5))
+    hist = cv2.calcHist([ink], [0], away, [256], [0, 256]).ravel()
+    total = hist.sum()
+    return float(np.searchsorted(np.cumsum(hist), 0.99 * total)) if total else 0.0
+
+
+def normalise_contrast(ink: np.ndarray, mask: np.ndarray, haze: float) -> tuple[np.ndarray, float]:
+    """A digit's ink uint8 -> (float32 in [0,1], its contrast in grey levels): the ink's own peak to 1.
+
+    The peak is the 98th percentile of the digit's pixels, so a faint highlighter digit is as strong as
+    a black one and a darker speck elsewhere (already dropped) does not dim it. Haze is cut: what the
+    paper alone reaches (`paper_haze`) and at least MIN_HAZE_CUT of the contrast (JPEG ringing, paper
+    texture, faint alpha speckle around the strokes). Kinds: `highlighter`, `alpha-speckle`.
+    """
+    hist = cv2.calcHist([ink], [0], mask, [256], [0, 256]).ravel()
+    peak = float(np.searchsorted(np.cumsum(hist), 0.98 * hist.sum()))
+    cut = min(0.5 * peak, max(MIN_HAZE_CUT * peak, haze))
+    out = ink.astype(np.float32)
+    out -= cut
+    out *= 1.0 / max(peak - cut, 1.0)
+    np.clip(out, 0.0, 1.0, out=out)
+    return out, peak
+
+
+def stroke_width(mask: np.ndarray) -> float:
+    """Mean stroke width in pixels of a uint8 stroke mask: 2 * area / boundary pixels (2 for 1-2 px lines)."""
+    area = cv2.countNonZero(mask)
+    boundary = area - cv2.countNonZero(cv2.erode(mask, _CROSS))
+    return 2.0 * area / max(boundary, 1)
+
+
+def normalise_strokes(ink: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, bool]:
+    """A digit's ink float32 [h,w] in [0,1] and its mask -> (ink with MNIST's stroke width, whether thickened).
+
+    A digit drawn with a 1-px line on a 280x280 canvas (an HTML canvas's default lineWidth), a 3-px
+    brush, or a thin pen on a large scan has strokes a tenth of MNIST's once shrunk to 20x20: faint
+    grey threads (field image c09: 45/255 at best). The stroke width is estimated (`stroke_width`) and
+    scaled to the 20-px box; below THIN_STROKE px the strokes are redrawn at MNIST_STROKE px and full
+    intensity, as a round brush along them (distance transform), before any shrinking.
+    Kinds: `canvas-1px`, `canvas-3px`, `thin-pen-scan`.
+    """
+    _, _, bw, bh = cv2.boundingRect(mask)
+    side = max(bw, bh, 1)
+    width = stroke_width(mask)
+    if width * DIGIT_BOX / side >= THIN_STROKE:
+        return ink, False
+    radius = max(0.5, (MNIST_STROKE * side / DIGIT_BOX - width) / 2)
+    pad = int(np.ceil(radius)) + 1
+    padded = cv2.copyMakeBorder(mask, pad, pad, pad, pad, cv2.BORDER_CONSTANT, value=0)
+    distance = cv2.distanceTransform(cv2.bitwise_not(padded), cv2.DIST_L2, 3)  # to the nearest stroke pixel
+    thick = np.float32(radius + 0.5) - distance
+    np.clip(thick, 0.0, 1.0, out=thick)
+    return thick, True
+
+
+def _mass_bounds(mass: np.ndarray, cut: float = 0.002) -> tuple[int, int]:
+    """First and last index holding the central (1 - 2*cut) of the mass: a faint fringe falls outside."""
+    cum = np.cumsum(mass, dtype=np.float64)
+    lo, hi = np.searchsorted(cum, [cut * cum[-1], (1 - cut) * cum[-1]])
+    return int(lo), int(min(hi, len(mass) - 1))
+
+
+def fit_and_centre(ink: np.ndarray) -> np.ndarray:
+    """A digit's ink float32 [h,w] in [0,1] -> uint8 [28,28] in MNIST's layout.
+
+    As MNIST was made: the ink's bounding box (the central 99.6% of its mass, so that a faint fringe
+    does not shrink the digit) scaled to fit a 20x20 box keeping the aspect ratio (area averaging when
+    shrinking), then placed so that its centre of mass is at (14, 14), kept in frame.
+    """
+    rows, cols = ink.sum(axis=1), ink.sum(axis=0)
+    if rows.sum() <= 0:
+        raise _no_digit("no ink left after cleaning")
+    y, y1 = _mass_bounds(rows)
+    x, x1 = _mass_bounds(cols)
+    crop = ink[y : y1 + 1, x : x1 + 1]
+    bh, bw = crop.shape
+    scale = DIGIT_BOX / max(bh, bw)
+    new_h, new_w = max(1, round(bh * scale)), max(1, round(bw * scale))
+    digit = cv2.resize(crop, (new_w, new_h), interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
+    digit = cv2.convertScaleAbs(digit, alpha=255.0)  # rounds and saturates to uint8
+    m = cv2.moments(digit)
+    if m["m00"] <= 0:
+        raise _no_digit("no ink left after cleaning")
+    cy, cx = m["m01"] / m["m00"], m["m10"] / m["m00"]
     top = min(max(int(round(IMAGE_SIZE / 2 - cy)), 0), IMAGE_SIZE - new_h)  # keep the whole digit in frame
     left = min(max(int(round(IMAGE_SIZE / 2 - cx)), 0), IMAGE_SIZE - new_w)
     out = np.zeros((IMAGE_SIZE, IMAGE_SIZE), np.uint8)
@@ -265,12 +826,103 @@ def to_mnist(grey: np.ndarray) -> np.ndarray:
     return out
 
 
+@dataclass(frozen=True)
+class Prepared:
+    """What preprocessing made of one image: its digit(s) in MNIST's layout, and what it noticed."""
+
+    digits: np.ndarray  # uint8 [k,28,28], k >= 1, left to right; k > 1 only when asked for several digits
+    warnings: tuple[str, ...] = ()  # infer.contract.WARN_* codes, in the order the steps fired
+
+
+def _no_lap(step: str) -> None:
+    pass
+
+
+def _prepare(grey: np.ndarray, multi_digit: bool, lap) -> Prepared:
+    if is_mnist_format(grey):
+        return Prepared(grey[None])
+    if min(grey.shape) < 3:
+        raise ImageError(f"image is {grey.shape[1]}x{grey.shape[0]} pixels: too small to hold a digit")
+    noticed: list[str] = []
+    work = to_working_size(grey)
+    lap("to_working_size")
+    dark_ink = ink_is_dark(work)
+    lap("ink_is_dark")
+    ink, noise = subtract_paper(work, dark_ink)
+    level = ink_level(ink, noise)
+    lap("subtract_paper")
+    cleaned, lines = remove_rules(ink, level)
+    lap("remove_rules")
+    try:
+        masks, marks = keep_digit_components(cleaned, level, noise)
+    except ImageError:
+        if lines != 1:
+            raise
+        # One straight line and nothing else: a tight-cropped 1 or 7 rather than a rule on empty paper.
+        cleaned, lines = ink, 0
+        masks, marks = keep_digit_components(cleaned, level, noise)
+    ink = cleaned
+    if lines:
+        noticed.append(WARN_LINES_REMOVED)
+    if marks:
+        noticed.append(WARN_MARKS_REMOVED)
+    as_one = len(masks) > 1 and not multi_digit
+    if len(masks) > 1:
+        noticed.append(WARN_SEVERAL_DIGITS)
+        if as_one:  # read as one image, as asked; the warning says why it may be wrong
+            masks = [functools.reduce(cv2.bitwise_or, masks)]
+    lap("keep_digit_components")
+    haze = max(3.0 * noise, paper_haze(ink, masks))
+    digits, faint, thin = [], False, False
+    for mask in masks:
+        digit_ink, digit_mask = crop_digit(ink, mask)
+        digit, contrast = normalise_contrast(digit_ink, digit_mask, haze)
+        faint |= contrast < FAINT_CONTRAST
+        lap("normalise_contrast")
+        if not as_one:  # several digits squeezed into one box are no digit's strokes
+            digit, thickened = normalise_strokes(digit, digit_mask)
+            thin |= thickened
+        lap("normalise_strokes")
+        digits.append(fit_and_centre(digit))
+        lap("fit_and_centre")
+    noticed += [WARN_FAINT_INK] * faint + [WARN_THIN_STROKES] * thin
+    return Prepared(np.stack(digits), tuple(noticed))
+
+
+def prepare(grey: np.ndarray, *, multi_digit: bool = False) -> Prepared:
+    """A uint8 grey image [H,W], any size and polarity -> Prepared: uint8 [k,28,28] digits and warning codes.
+
+    The pipeline of named steps above (deskewing is the model's business, not done here). With
+    multi_digit=False several digits side by side are read as one image (k = 1) and carry
+    `several-digits`; with multi_digit=True each is returned, left to right (k >= 2).
+    Raises ImageError("no digit found: ...") when there is nothing digit-like to read.
+    """
+    return _prepare(grey, multi_digit, _no_lap)
+
+
+def profile_prepare(grey: np.ndarray, times: dict[str, float], *, multi_digit: bool = False) -> Prepared:
+    """`prepare`, adding the seconds spent in each step to `times` (also when it raises ImageError)."""
+    last = [time.perf_counter()]
+
+    def lap(step: str) -> None:
+        now = time.perf_counter()
+        times[step] = times.get(step, 0.0) + now - last[0]
+        last[0] = now
+
+    return _prepare(grey, multi_digit, lap)
+
+
+def to_mnist(grey: np.ndarray) -> np.ndarray:
+    """A uint8 grey image of a single digit -> uint8 [28,28] in MNIST's layout (MNIST's own: the same array)."""
+    if is_mnist_format(grey):
+        return grey
+    return prepare(grey).digits[0]
+
+
 _CENTRE = IMAGE_SIZE / 2  # MNIST's centre of mass sits at pixel coordinate 14 (is_mnist_format)
 
 
 def _deskew_one(digit: np.ndarray) -> np.ndarray:
-    import cv2
-
     m = cv2.moments(digit)
     if m["m00"] <= 0:
         return np.zeros_like(digit)
@@ -311,22 +963,6 @@ def resize_raw(grey: np.ndarray) -> np.ndarray:
     if grey.shape == (IMAGE_SIZE, IMAGE_SIZE):
         return grey
     return np.asarray(Image.fromarray(grey).resize((IMAGE_SIZE, IMAGE_SIZE), Image.BILINEAR))
-
-
-@dataclass(frozen=True)
-class Prepared:
-    """What preprocessing made of one image: its digit(s) in MNIST's layout, and what it noticed."""
-
-    digits: np.ndarray  # uint8 [k,28,28], k >= 1, left to right; k > 1 only when asked for several digits
-    warnings: tuple[str, ...] = ()  # infer.contract.WARN_* codes, in the order the steps fired
-
-
-def prepare(grey: np.ndarray, *, multi_digit: bool = False) -> Prepared:
-    """A uint8 grey image -> Prepared (MNIST layout; deskewing is the model's business, not done here).
-
-    Raises ImageError when there is no digit to read.
-    """
-    return Prepared(to_mnist(grey)[None])
 
 
 def prepare_file(source: str | os.PathLike | BinaryIO, mode: str = "mnist", *, multi_digit: bool = False) -> Prepared:
