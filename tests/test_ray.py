@@ -70,9 +70,9 @@ def test_ray_and_local_engines_give_identical_rows(ray_local, mixed_folder, expo
         assert (x["prediction"], x["label"], x["error"]) == (y["prediction"], y["label"], y["error"]), x["path"]
         if x["confidence"]:
             assert abs(float(x["confidence"]) - float(y["confidence"])) <= 1e-6
-            alts_x = [tuple(t.split(":")) for t in x["alternatives"].split()]
-            alts_y = [tuple(t.split(":")) for t in y["alternatives"].split()]
-            assert [l for l, _ in alts_x] == [l for l, _ in alts_y]
+            top_x = [tuple(t.split(":")) for t in x["top_k"].split()]
+            top_y = [tuple(t.split(":")) for t in y["top_k"].split()]
+            assert [d for d, _ in top_x] == [d for d, _ in top_y]
     errors = [r for r in b if r["error"]]
     assert {Path(r["path"]).name for r in errors} == {"zero.png", "text.jpg", "cut.png"}
 
@@ -83,7 +83,7 @@ def test_ray_labelled_evaluation_and_jsonl(ray_local, tmp_path, exported):
                                        "--format", "jsonl", "-o", str(out), "--report", str(tmp_path / "report")])
     assert result.exit_code == 0, result.output
     assert len(out.read_text().splitlines()) == 45
-    assert "accuracy" in result.stderr and "on ray" in result.stderr
+    assert "accuracy" in result.stderr and "on ray (cpu actors)" in result.stderr
     assert (tmp_path / "report" / "misclassified.png").exists()
 
 
