@@ -40,7 +40,7 @@ def main() -> None:
     def accuracy(folder: Path, mode: str) -> tuple[float, int, int]:
         preds = list(classify_paths([folder], clf, mode=mode, label_of=label_of))
         ok = [p for p in preds if p.error is None]
-        return sum(p.label == p.true_label for p in ok) / len(preds), len(preds), len(preds) - len(ok)
+        return sum(p.prediction == p.label for p in ok) / len(preds), len(preds), len(preds) - len(ok)
 
     print(f"\nModel {os.path.relpath(args.model, ROOT)}; accuracy over all images (errors count as wrong)\n")
     print(f"| {'images':<58} | {'n':>6} | {'MNIST preprocessing':>19} | {'plain resize':>12} |")

@@ -22,15 +22,28 @@ class LabelsError(Exception):
     """A --labels file that cannot be read."""
 
 
-def folder_labeller(labels: Sequence[str]) -> Callable[[str], str | None]:
+class folder_labeller:  # noqa: N801 (a function to its callers, with a bulk form)
     """The label of an image is the name of its parent folder, when that is one of the labels."""
-    known = set(labels)
 
-    def label_of(path: str) -> str | None:
+    def __init__(self, labels: Sequence[str]):
+        self.known = frozenset(labels)
+
+    def __call__(self, path: str) -> str | None:
         parent = os.path.basename(os.path.dirname(path))
-        return parent if parent in known else None
+        return parent if parent in self.known else None
 
-    return label_of
+    def many(self, paths: Sequence[str]) -> list[str | None]:
+        """Labels of a batch of paths: one lookup per folder, not per file."""
+        cache: dict[str, str | None] = {}
+        out = []
+        for path in paths:
+            folder = path.rpartition(os.sep)[0]
+            try:
+                out.append(cache[folder])
+            except KeyError:
+                cache[folder] = label = self(path)
+                out.append(label)
+        return out
 
 
 def file_labeller(labels_file: str, labels: Sequence[str]) -> Callable[[str], str | None]:

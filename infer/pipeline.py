@@ -15,6 +15,7 @@ import itertools
 import multiprocessing
 import multiprocessing.connection
 import os
+import pickle
 import signal
 import sys
 from collections import deque
@@ -233,8 +234,16 @@ def score(paths: Sequence[str], decoded: Decoded, classifier, options: ClassifyO
     return ResultBatch(
         paths=list(paths), labels=labels, prediction=prediction.tolist(), confidence=confidence,
         top_index=top_index, top_p=top_p, counts=counts.astype(np.int32), digit_index=digit_index,
-        digit_p=order_p[:, 0].copy(), label=[label_of(p) for p in paths] if label_of else [None] * n,
+        digit_p=order_p[:, 0].copy(), label=labels_of(label_of, paths),
         warning=warning, error=error, pixels=pixels)
+
+
+def labels_of(label_of: Callable[[str], str | None] | None, paths: Sequence[str]) -> list[str | None]:
+    """True labels of a batch of paths (with the labeller's bulk form, `many`, when it has one)."""
+    if label_of is None:
+        return [None] * len(paths)
+    many = getattr(label_of, "many", None)
+    return many(paths) if many is not None else [label_of(p) for p in paths]
 
 
 class WorkerDied(Exception):
@@ -260,7 +269,7 @@ def _decode_worker(tasks, results) -> None:
         if task is None:
             return
         try:
-            reply = (True, decode_chunk(task))
+            reply = (True, decode_chunk(pickle.loads(task)))
         except Exception as exc:  # decode_chunk turns a bad file into an error row; this is a bug
             reply = (False, f"{type(exc).__name__}: {exc}")
         results.send(reply)
@@ -307,7 +316,9 @@ class Decoder:
         def submit(count: int) -> None:
             for task in itertools.islice(tasks, count):
                 w = min(range(self.workers), key=load.__getitem__)  # the least busy worker
-                self.queues[w].put(task)
+                # Pickled here, not in the queue's feeder thread, which would drop a task it cannot
+                # pickle (a `prepare` that is a lambda) and leave the stream waiting for it.
+                self.queues[w].put(pickle.dumps(task, protocol=pickle.HIGHEST_PROTOCOL))
                 load[w] += 1
                 owners.append(w)
 

@@ -25,7 +25,7 @@ import numpy as np
 
 from infer.contract import IMAGE_SIZE, WARNING_SEPARATOR
 from infer.files import Listed, list_images
-from infer.pipeline import ClassifyOptions, Decoded, DecodeTask, ResultBatch, decode_chunk, score
+from infer.pipeline import ClassifyOptions, Decoded, DecodeTask, ResultBatch, decode_chunk, labels_of, score
 
 
 class RayUnavailable(Exception):
@@ -319,7 +319,7 @@ def _result_batch(batch: dict, labels: list[str], options: ClassifyOptions, labe
         paths=paths, labels=tuple(labels), prediction=[str(p) or None for p in batch["prediction"]],
         confidence=np.asarray(batch["confidence"], np.float64), top_index=top_index, top_p=top_p, counts=counts,
         digit_index=digit_index, digit_p=digit_p,
-        label=[label_of(p) for p in paths] if label_of else [None] * len(paths),
+        label=labels_of(label_of, paths),
         warning=[str(w) for w in batch["warning"]], error=[str(e) or None for e in batch["error"]],
         pixels=np.asarray(batch["pixels"]) if options.keep_pixels else None)
 

@@ -729,6 +729,18 @@ def test_memory_is_bounded_by_the_paths_in_flight(exported, mnist_pngs):
         assert pulled[0] < 4000
 
 
+def test_a_prepare_the_workers_cannot_receive_is_an_error_not_a_hang(exported):
+    import pickle
+
+    from infer.pipeline import ClassifyOptions, classify_batches
+
+    clf = Classifier(exported, provider="cpu")
+    options = ClassifyOptions(workers=2, batch_size=8, prepare=lambda path, mode, multi_digit=False: None)
+    with pytest.raises((pickle.PicklingError, AttributeError)):
+        for _ in classify_batches([ROOT / "samples"], clf, options):
+            pass
+
+
 def test_deskewing_models_get_the_same_rows_wherever_the_deskew_runs(exported, tmp_path, mnist_pngs):
     """A model that asks for deskewed digits: chunks decoded before the model was loaded are deskewed in
     the main process, later ones in the workers; the rows are the same as deskewing by hand."""
