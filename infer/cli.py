@@ -559,7 +559,8 @@ class _Run:
                 first = f"1 image{resumed}: read as {prediction} (confidence {confidence:.2f})"
             else:
                 first = f"{n} {noun}{resumed}: {classified} classified, {errors} failed"
-            self.log(f"{first} in {seconds:.2f}s ({(n - kept) / seconds:,.0f} images/s){where}")
+            rate = f" ({(n - kept) / seconds:,.0f} images/s)" if n - kept > 1 else ""
+            self.log(f"{first} in {seconds:.2f}s{rate}{where}")
             if skipped:
                 self.log(_skipped_line(skipped))
             if tally.warnings:

@@ -315,6 +315,22 @@ def test_resume_refuses_other_columns_and_adds_new_files(tmp_path, exported, sur
     assert after.startswith(before) and after.count(b"\n") == before.count(b"\n") + 1
 
 
+def test_strict_keeps_the_rows_before_the_failure(tmp_path, exported, sure):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for i in range(5):
+        (folder / f"{i}.png").write_bytes(png(sure[i][0]))
+    (folder / "2b.png").write_bytes(b"not a png")  # sorted between 2.png and 3.png
+    out = tmp_path / "out.csv"
+    result = run([folder, "-m", exported, "-o", out, "--strict", "--workers", "0"])
+    assert result.exit_code == 1 and f"{folder / '2b.png'}: not an image Pillow can read (--strict)" in result.stderr
+    kept = rows((tmp_path / "out.csv.partial").read_text())
+    assert [Path(r["path"]).name for r in kept] == ["0.png", "1.png", "2.png"] and not out.exists()
+    (folder / "2b.png").write_bytes(png(sure[7][0]))  # fixed: --resume goes on from it
+    result = run([folder, "-m", exported, "-o", out, "--strict", "--resume"])
+    assert result.exit_code == 0 and [r["prediction"] for r in rows(out.read_text())] == list("01273" "4")
+
+
 def test_a_missing_path_is_an_error_row(exported):
     result = run([ROOT / "samples" / "7", "nope.png", "nowhere/", "-m", exported])
     assert result.exit_code == 1
