@@ -78,7 +78,7 @@ def _doctor() -> None:
 @click.option("--top-k", type=click.IntRange(min=1, max=10), default=1, show_default=True,
               help="With k > 1, a top_k column: the k most likely digits and their probabilities.")
 @click.option("--preprocess", type=click.Choice(["mnist", "none"]), default="mnist", show_default=True,
-              help="mnist: polarity, lines, background, crop, 20x20, centre of mass; none: plain resize to 28x28.")
+              help="mnist: bring each image to MNIST's layout (README: Preprocessing); none: plain resize to 28x28.")
 @click.option("--multi-digit", is_flag=True,
               help="Read several digits side by side as a number: prediction '17', confidence the product of "
                    "the digits', and a digits column. Without it such images carry the several-digits warning.")
