@@ -62,7 +62,7 @@ def _doctor() -> None:
 @click.command(epilog=EPILOG, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(TOOL_VERSION, prog_name="mnist-infer")
 @click.argument("paths", nargs=-1, type=click.Path())
-@click.option("--files-from", "files_from", type=click.Path(dir_okay=False, allow_dash=True),
+@click.option("--files-from", "files_from", type=click.Path(exists=True, dir_okay=False, allow_dash=True),
               help="Read paths from FILE, one per line ('-': stdin; also: give '-' as a PATH).")
 @click.option("--model", "-m", type=click.Path(exists=True, dir_okay=False),
               help="ONNX model from mnist-export.  [default: ./model.onnx, else the shipped model]")
@@ -304,7 +304,7 @@ class _Sink:
         except OSError:
             pass
         rows = self.kept + self.written
-        if rows == 0:
+        if rows == 0 or (self.source == self.final and self.written == 0):  # nothing new beside FILE
             try:
                 self.partial.unlink()
             except OSError:
@@ -517,7 +517,7 @@ class _Run:
         elif isinstance(exc, click.ClickException):
             if kept is None:
                 raise exc
-            message, code = exc.format_message(), 1
+            message, code = exc.format_message(), exc.exit_code
         elif isinstance(exc, _Stop):
             message, code = f"stopped: {exc}", exc.code
         elif isinstance(exc, WorkerDied):
@@ -540,7 +540,7 @@ class _Run:
             code = 1
         else:
             raise exc
-        click.echo(f"Error: {message}" if code == 1 else message, err=True)
+        click.echo(message if code in (130, 143) else f"Error: {message}", err=True)
         if kept:
             click.echo(kept, err=True)
         elif code in (130, 143) and sink.final is not None:

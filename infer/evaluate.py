@@ -22,8 +22,13 @@ class LabelsError(Exception):
     """A --labels file that cannot be read."""
 
 
-class folder_labeller:  # noqa: N801 (a function to its callers, with a bulk form)
+def folder_labeller(labels: Sequence[str]) -> "FolderLabeller":
     """The label of an image is the name of its parent folder, when that is one of the labels."""
+    return FolderLabeller(labels)
+
+
+class FolderLabeller:
+    """label_of(path) from the parent folder's name, with a bulk form for a batch of paths."""
 
     def __init__(self, labels: Sequence[str]):
         self.known = frozenset(labels)
