@@ -215,6 +215,10 @@ def connect(address: str | None, num_cpus: int | None = None, timeout: float = 6
                                   "`ray start --head`, or leave --ray-address out for a local instance)") from None
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise RayConnectError(f"cannot join the Ray cluster at {address}: {first}") from None
+    except (RuntimeError, ValueError) as exc:  # a version mismatch, a malformed address...
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        what = f"join the Ray cluster at {address}" if address else "start Ray"
+        raise RayConnectError(f"cannot {what}: {first[:300]}") from None
     finally:
         answered.set()
         os.close(stderr)
