@@ -124,13 +124,13 @@ def main() -> None:
             runs.setdefault((kind, "decode ceiling (Pillow open+load, 1 process, no model)"), []).append(
                 (decode_ceiling(folders[kind]), 0))
             runs.setdefault((kind, "mnist-infer (end to end, MNIST preprocessing)"), []).append(
-                timed([exe, folder, "-m", args.model, "-o", csv_out, "-q"]))
+                timed([exe, folder, "-m", args.model, "-o", csv_out, "-q", "--force"]))
         if r == 0:
             runs.setdefault(("png100k", "naive pipeline (1 process, session.run per image)"), []).append(
                 timed([sys.executable, str(ROOT / "bench" / "naive_infer.py"), args.model, str(folders["png100k"]),
                        csv_out]))
             runs.setdefault(("png100k", "mnist-infer (end to end, MNIST preprocessing)"), []).append(
-                timed([exe, str(folders["png100k"]), "-m", args.model, "-o", csv_out, "-q"]))
+                timed([exe, str(folders["png100k"]), "-m", args.model, "-o", csv_out, "-q", "--force"]))
         print(f"repeat {r + 1}/{args.repeats} done", file=sys.stderr)
     helps = [timed([exe, "--help"])[0] for _ in range(7)]
 

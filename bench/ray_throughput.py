@@ -28,7 +28,7 @@ def main() -> None:
     rows = []
     for kind, n in (("png", 10000), ("png100k", 100000)):
         for engine in ("local", "ray"):
-            runs = [timed([exe, str(folders[kind]), "-m", args.model, "-o", csv_out, "-q", "--engine", engine])
+            runs = [timed([exe, str(folders[kind]), "-m", args.model, "-o", csv_out, "-q", "--force", "--engine", engine])
                     for _ in range(args.repeats)]
             secs = statistics.median(r[0] for r in runs)
             rows.append((f"{n:,} MNIST PNG", engine, secs, n / secs, max(r[1] for r in runs)))

@@ -4,7 +4,11 @@
     clf = Classifier("model.onnx", provider="cpu")
     probs = clf.predict(pixels)               # float32 [N,28,28] in [0,1] -> [N,10]
     for p in classify_paths(["scans/"], clf):  # a generator of Prediction rows
-        print(p.path, p.label, p.confidence, p.error)
+        print(p.path, p.prediction, p.confidence, p.label, p.warning, p.error)
+
+Prediction's fields are the output files' columns: `prediction` (the digit read), `confidence`,
+`top_k`, `digits` (several digits, multi_digit=True), `label` (the true label, when known),
+`warnings`, `error`. `classify_batches` gives the same rows as arrays, a batch at a time.
 
 Names are imported lazily so that `import infer` (and `mnist-infer --help`) stays fast.
 """
@@ -15,6 +19,8 @@ _LAZY = {
     "ModelError": "infer.engine",
     "ProviderError": "infer.engine",
     "classify_paths": "infer.pipeline",
+    "classify_batches": "infer.pipeline",
+    "ClassifyOptions": "infer.pipeline",
     "Prediction": "infer.pipeline",
     "load_digit": "infer.preprocess",
     "to_mnist": "infer.preprocess",

@@ -1,17 +1,45 @@
 """Which files to classify: a deterministic, streamed, loop-safe walk of files and folders."""
 from __future__ import annotations
 
+import functools
+import importlib.util
 import os
+from collections import deque
 from dataclasses import dataclass
-from typing import Iterable, Iterator
+from typing import BinaryIO, Callable, Iterable, Iterator
 
-from PIL import Image
+# Formats Pillow itself cannot open: the package that reads them, and the extra that installs it.
+HEIF_EXTENSIONS = frozenset({".heic", ".heif", ".hif"})
+HEIF_EXTRA = "pip install 'mnist-toolkit[heic]'"
 
 
+@functools.lru_cache(maxsize=1)
+def heif_available() -> bool:
+    """pillow-heif is installed (found without importing it: `import infer` stays light)."""
+    try:
+        return importlib.util.find_spec("pillow_heif") is not None
+    except (ImportError, ValueError):
+        return False
+
+
+@functools.lru_cache(maxsize=1)
 def image_extensions() -> frozenset[str]:
-    """Every file extension Pillow can open (.png, .jpg, .bmp, .gif, .tif, .webp, .pgm, ...)."""
+    """Every file extension this tool reads: what Pillow opens (.png, .jpg, .bmp, .gif, .tif, .webp,
+    .pgm, .avif where Pillow has AVIF, ...), and .heic/.heif when pillow-heif is installed."""
+    from PIL import Image
+
     Image.init()
-    return frozenset(ext for ext, fmt in Image.registered_extensions().items() if fmt in Image.OPEN)
+    known = frozenset(ext for ext, fmt in Image.registered_extensions().items() if fmt in Image.OPEN)
+    return known | HEIF_EXTENSIONS if heif_available() else known
+
+
+def missing_reader_hint(extension: str) -> str | None:
+    """How to read files of `extension` that this installation skips, or None when no one can."""
+    if extension in HEIF_EXTENSIONS:
+        return HEIF_EXTRA
+    if extension in (".avif", ".avifs"):
+        return "a Pillow built with AVIF support (Pillow >= 11.3 wheels)"
+    return None
 
 
 @dataclass(frozen=True)
@@ -22,25 +50,27 @@ class Listed:
     skipped: str | None = None
 
 
-def _key(entry: os.DirEntry) -> str:
-    return entry.name
+NOT_AN_IMAGE = "not an image file (extension)"
 
 
-def walk_images(paths: Iterable[str], recursive: bool = True) -> Iterator[Listed]:
-    """Yield image files under `paths` in sorted order; folders are walked, symlinks followed once.
+def list_images(paths: Iterable[str | os.PathLike], recursive: bool = True,
+                on_skip: Callable[[Listed], None] | None = None) -> Iterator[str]:
+    """Yield the image files under `paths` in sorted order, as plain strings; report the rest to `on_skip`.
 
-    Files named on the command line are always tried, whatever their extension; inside folders,
-    hidden entries are skipped and files without an image extension are reported as skipped.
-    A symlink loop (or two links to one folder) is visited once.
+    Folders are walked (sorted by name, hidden entries skipped, symlinks followed, a loop or a second
+    link to a folder visited once); inside folders, files without an image extension are skipped.
+    Anything named in `paths` that is not a folder is yielded as is, whatever its extension, and even
+    if it does not exist: the decoder says what is wrong with it, as an error row.
     """
     extensions = image_extensions()
     seen_dirs: set[tuple[int, int]] = set()
+    skip = on_skip or (lambda item: None)
 
-    def walk(folder: str) -> Iterator[Listed]:
+    def walk(folder: str) -> Iterator[str]:
         try:
             st = os.stat(folder)
         except OSError as exc:
-            yield Listed(folder, f"cannot open folder: {exc.strerror}")
+            skip(Listed(folder, f"cannot open folder: {exc.strerror}"))
             return
         key = (st.st_dev, st.st_ino)
         if key in seen_dirs:
@@ -48,14 +78,14 @@ def walk_images(paths: Iterable[str], recursive: bool = True) -> Iterator[Listed
         seen_dirs.add(key)
         try:
             with os.scandir(folder) as it:
-                entries = sorted(it, key=_key)
+                entries = sorted(it, key=lambda entry: entry.name)
         except OSError as exc:
-            yield Listed(folder, f"cannot list folder: {exc.strerror}")
+            skip(Listed(folder, f"cannot list folder: {exc.strerror}"))
             return
         for entry in entries:
-            if entry.name.startswith("."):
+            name = entry.name
+            if name.startswith("."):
                 continue
-            path = os.path.join(folder, entry.name)
             try:
                 is_dir = entry.is_dir()  # follows symlinks
                 is_file = not is_dir and entry.is_file()
@@ -63,18 +93,42 @@ def walk_images(paths: Iterable[str], recursive: bool = True) -> Iterator[Listed
                 is_dir = is_file = False
             if is_dir:
                 if recursive:
-                    yield from walk(path)
+                    yield from walk(entry.path)
             elif is_file:
-                if os.path.splitext(entry.name)[1].lower() in extensions:
-                    yield Listed(path)
+                if os.path.splitext(name)[1].lower() in extensions:
+                    yield entry.path
                 else:
-                    yield Listed(path, "not an image file (extension)")
+                    skip(Listed(entry.path, NOT_AN_IMAGE))
             elif entry.is_symlink():
-                yield Listed(path, "broken symbolic link")
+                skip(Listed(entry.path, "broken symbolic link"))
 
     for path in paths:
         path = os.fspath(path)
         if os.path.isdir(path):
             yield from walk(path)
         else:
-            yield Listed(path)  # named explicitly: try it, and report it if it is not an image
+            yield path  # named explicitly: try it, and report it if it is not an image (or not there)
+
+
+def walk_images(paths: Iterable[str | os.PathLike], recursive: bool = True) -> Iterator[Listed]:
+    """`list_images` as one stream of Listed entries, skipped ones in their place in the order."""
+    skipped: deque[Listed] = deque()
+    for path in list_images(paths, recursive, skipped.append):
+        while skipped:
+            yield skipped.popleft()
+        yield Listed(path)
+    yield from skipped
+
+
+def read_path_list(stream: BinaryIO) -> Iterator[str]:
+    """Paths from a list, one per line (`find ... | mnist-infer -`, `--files-from FILE`), streamed.
+
+    Lines are bytes, decoded as the OS decodes file names (so names that are not UTF-8 work); a
+    trailing carriage return (a list written on Windows) and empty lines are ignored.
+    """
+    for line in stream:
+        line = line.rstrip(b"\n")
+        if line.endswith(b"\r"):
+            line = line[:-1]
+        if line:
+            yield os.fsdecode(line)

@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import functools
 import io
+import math
 import os
+import re
 import struct
 import time
 import warnings
@@ -28,8 +30,11 @@ from PIL import Image, ImageOps
 from infer.contract import (DIGIT_BOX, IMAGE_SIZE, PIXEL_SCALE, WARN_FAINT_INK, WARN_LINES_REMOVED,
                             WARN_MARKS_REMOVED, WARN_SEVERAL_DIGITS, WARN_THIN_STROKES)
 
-MAX_PIXELS = 120_000_000  # larger images are refused from their header, before decoding (bombs)
-MAX_FILE_BYTES = 256 * 1024 * 1024
+# The one image size limit, for every format, checked from the header before a pixel is decoded
+# (decompression bombs). 150 MP holds the largest phone photos (108 MP: 12000x9000) and 600-dpi A3
+# scans, and stays below Pillow's own refusal (2 x Image.MAX_IMAGE_PIXELS = 179 MP), so the message
+# is always this tool's.
+MAX_PIXELS = 150_000_000
 MIN_HAZE_CUT = 0.15  # ink below this fraction of the contrast is haze (paper texture, JPEG ringing)
 DRAFT_SIZE = 2 * IMAGE_SIZE  # JPEGs are decoded at the smallest 1/2^k scale that keeps this many pixels
 
@@ -72,6 +77,15 @@ def _grey(im: Image.Image) -> np.ndarray:
 
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+# Files up to this size are read in one call (the PNG fast path needs the bytes); larger ones are
+# handed to Pillow as open files, so it reads only what it decodes.
+READ_WHOLE_BYTES = 4 * 1024 * 1024
+# Decoded images larger than this are reduced (an integer factor, area average) before the MNIST
+# steps: a digit needs far fewer pixels, and it bounds their memory and time on 100-MP photos.
+WORKING_PIXELS = 16_000_000
+# ISO base media files (HEIF, AVIF) say what they are in their `ftyp` box: bytes 4-8 "ftyp", 8-12 the brand.
+HEIF_BRANDS = frozenset({b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"hevm", b"hevs", b"mif1", b"msf1"})
+AVIF_BRANDS = frozenset({b"avif", b"avis"})
 
 
 def _decode_plain_png(data: bytes) -> np.ndarray | None:
@@ -102,43 +116,96 @@ def _decode_plain_png(data: bytes) -> np.ndarray | None:
 
 
 def read_grey(source: str | os.PathLike | BinaryIO, mode: str = "mnist") -> np.ndarray:
-    """Decode an image file to a uint8 grey array, refusing bombs and huge files before decoding."""
+    """Decode an image file to a uint8 grey array [H,W].
+
+    Refuses, with ImageError and one line: an empty file, an image over MAX_PIXELS (from its header,
+    before decoding, whatever the format), anything that is not an image. HEIC/HEIF files are read
+    when pillow-heif is installed (its opener is registered the first time one is met). Images over
+    WORKING_PIXELS come back reduced by an integer factor.
+    """
     if isinstance(source, (str, os.PathLike)):
         try:
             with open(source, "rb") as f:
                 size = os.fstat(f.fileno()).st_size
-                if size > MAX_FILE_BYTES:
-                    raise ImageError(f"file is {size} bytes, over the {MAX_FILE_BYTES} limit; not read")
+                if size == 0:
+                    raise ImageError("empty file (0 bytes)")
+                if size > READ_WHOLE_BYTES:
+                    return _read_with_pillow(f, mode)
                 data = f.read()
         except IsADirectoryError:
             raise ImageError("is a folder, not an image file") from None
         except PermissionError:
             raise ImageError("permission denied") from None
         except FileNotFoundError:
-            raise ImageError("no such file (removed while running?)") from None
+            raise ImageError("no such file or folder") from None
         except OSError as exc:
             raise ImageError(f"cannot read: {exc.strerror or exc}") from None
         if data[:8] == PNG_SIGNATURE:
             grey = _decode_plain_png(data)
             if grey is not None:
-                return grey
+                return _working_size(grey)
         source = io.BytesIO(data)
     return _read_with_pillow(source, mode)
 
 
+def _working_size(grey: np.ndarray) -> np.ndarray:
+    if grey.size <= WORKING_PIXELS:
+        return grey
+    factor = math.ceil(math.sqrt(grey.size / WORKING_PIXELS))
+    return np.asarray(Image.fromarray(grey).reduce(factor))
+
+
+def _too_large(pixels: int) -> ImageError:
+    return ImageError(f"image is {pixels / 1e6:.1f} MP, over the {MAX_PIXELS / 1e6:.0f}-megapixel limit; not decoded")
+
+
+@functools.lru_cache(maxsize=1)
+def _register_heif() -> bool:
+    """Teach Pillow HEIC/HEIF through pillow-heif, once, when the first such file is met (False: not installed)."""
+    try:
+        import pillow_heif
+    except ImportError:
+        return False
+    pillow_heif.register_heif_opener()
+    return True
+
+
+def _open(source: BinaryIO) -> Image.Image:
+    """Image.open (header only), with what Pillow cannot identify named: empty, HEIC without pillow-heif, AVIF."""
+    head = source.read(12)
+    source.seek(0)
+    if not head:
+        raise ImageError("empty file (0 bytes)")
+    brand = head[8:12] if head[4:8] == b"ftyp" else None
+    # Pillow's own bomb warning is redundant with the check on MAX_PIXELS that follows.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        try:
+            return Image.open(source)
+        except Image.UnidentifiedImageError:
+            if brand in HEIF_BRANDS:
+                if not _register_heif():
+                    raise ImageError("HEIC/HEIF image: reading it needs pillow-heif: "
+                                     "pip install 'mnist-toolkit[heic]'") from None
+                source.seek(0)
+                try:
+                    return Image.open(source)
+                except Image.UnidentifiedImageError:
+                    raise ImageError("HEIF file that pillow-heif cannot read") from None
+            if brand in AVIF_BRANDS:
+                raise ImageError("AVIF image: this Pillow cannot read AVIF (Pillow >= 11.3 wheels can)") from None
+            raise ImageError("not an image Pillow can read") from None
+
+
 def _read_with_pillow(source: BinaryIO, mode: str) -> np.ndarray:
     try:
-        # Image.open reads the header only: the size is checked before a single pixel is decoded.
-        # (Pillow's own bomb warning is redundant with that check.)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            im = Image.open(source)
+        im = _open(source)
         with im:
             w, h = im.size
-            if w * h > MAX_PIXELS:
-                raise ImageError(f"image is {w}x{h} = {w * h} pixels, over the {MAX_PIXELS} limit; not decoded")
             if w == 0 or h == 0:
                 raise ImageError("image has no pixels")
+            if w * h > MAX_PIXELS:
+                raise _too_large(w * h)
             if im.format == "JPEG" and mode == "mnist":
                 im.draft("L", (DRAFT_SIZE, DRAFT_SIZE))  # libjpeg decodes at 1/2, 1/4 or 1/8 scale: far less work
             if im.format != "PNG" or "exif" in im.info:  # PNGs rarely carry EXIF; reading it costs ~10%
@@ -146,13 +213,16 @@ def _read_with_pillow(source: BinaryIO, mode: str) -> np.ndarray:
                 if orientation != 1:
                     im = ImageOps.exif_transpose(im)
             im.load()
-            return _grey(im)
+            return _working_size(_grey(im))
     except ImageError:
         raise
     except Image.DecompressionBombError as exc:
-        raise ImageError(f"refused as a decompression bomb: {exc}") from None
-    except Image.UnidentifiedImageError:
-        raise ImageError("not an image Pillow can read") from None
+        # Pillow refuses over 2 x Image.MAX_IMAGE_PIXELS (179 MP) before the size reaches us: the same
+        # message, with the count from Pillow's text.
+        found = re.search(r"\((\d+) pixels\)", str(exc))
+        raise _too_large(int(found.group(1)) if found else MAX_PIXELS + 1) from None
+    except MemoryError:
+        raise ImageError("out of memory while decoding") from None
     except (OSError, SyntaxError, ValueError, EOFError, struct.error) as exc:
         text = str(exc) or type(exc).__name__
         raise ImageError(f"cannot decode: {text}") from None
