@@ -67,3 +67,34 @@ def mnist_pngs(tmp_path_factory, mnist) -> Path:
     out = tmp_path_factory.mktemp("mnist_png")
     write_mnist_pngs(out, mnist.test_images.numpy(), mnist.test_labels.numpy())
     return out
+
+
+@pytest.fixture(scope="session")
+def wrapped_foreign(tmp_path_factory, exported) -> Path:
+    """The fixture network re-wrapped as another tool would ship it: input 'image' [N,784] of [0,255]
+    values with black ink on white paper (x = 255 - 255 * pixels), output 'scores' (logits), no
+    mnist-toolkit metadata. Read with input_scale=255, ink='black' it is exactly our export."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from infer import contract as C
+
+    graph = onnx.load(str(exported)).graph
+    consts = [numpy_helper.from_array(np.array(255, np.float32), "c255"),
+              numpy_helper.from_array(np.array([-1, 1, 28, 28], np.int64), "nchw_shape")]
+    prelude = [helper.make_node("Sub", ["c255", "image"], ["inked"]),
+               helper.make_node("Div", ["inked", "c255"], ["unit"]),
+               helper.make_node("Reshape", ["unit", "nchw_shape"], [C.INPUT_NAME])]
+    nodes = prelude + list(graph.node)
+    nodes[-2].output[0] = "scores"  # the last Gemm wrote 'logits'; the Softmax node reads it
+    nodes[-1].input[0] = "scores"
+    new = helper.make_graph(nodes[:-1], "wrapped", [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 784])],
+                            [helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["N", 10])],
+                            list(graph.initializer) + consts)
+    model = helper.make_model(new, opset_imports=[helper.make_opsetid("", 18)], producer_name="elsewhere")
+    model.ir_version = 8  # what ONNX Runtime 1.18+ reads
+    onnx.checker.check_model(model, full_check=True)
+    out = tmp_path_factory.mktemp("foreign") / "wrapped.onnx"
+    onnx.save(model, str(out))
+    return out

@@ -165,29 +165,10 @@ def test_input_scale_and_ink(tmp_path, digits, scale, ink):
     assert ("black ink on white" if ink == "black" else "white ink on black") in clf.notes[0]
 
 
-def _foreign_copy_of_ours(exported: Path, out: Path) -> Path:
-    """Our trained network, re-wrapped as another tool would ship it: input 'image' [N,784] of uint8-range
-    values with black ink on white paper (x = 255 - 255 * pixels), output 'scores', no metadata."""
-    model = onnx.load(str(exported))
-    graph = model.graph
-    consts = [numpy_helper.from_array(np.array(255, np.float32), "c255"),
-              numpy_helper.from_array(np.array([-1, 1, 28, 28], np.int64), "nchw_shape")]
-    prelude = [helper.make_node("Sub", ["c255", "image"], ["inked"]),
-               helper.make_node("Div", ["inked", "c255"], ["unit"]),
-               helper.make_node("Reshape", ["unit", "nchw_shape"], [C.INPUT_NAME])]
-    nodes = prelude + list(graph.node)
-    nodes[-2].output[0] = "scores"  # the last Gemm wrote 'logits'; the Softmax node reads it
-    nodes[-1].input[0] = "scores"
-    new = helper.make_graph(nodes[:-1], "wrapped", [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 784])],
-                            [helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["N", 10])],
-                            list(graph.initializer) + consts)
-    return save(new, out, opset=18)
-
-
-def test_real_network_in_another_layout_needs_the_parameters(tmp_path, exported, mnist):
+def test_real_network_in_another_layout_needs_the_parameters(wrapped_foreign, exported, mnist):
     """A real trained network taking [0,255] black-on-white pixels: with input_scale=255 and ink='black'
     it scores what our own export scores; with the default assumption it cannot read MNIST digits."""
-    foreign = _foreign_copy_of_ours(exported, tmp_path / "wrapped.onnx")
+    foreign = wrapped_foreign
     pixels = mnist.test_images.numpy()[:2000].astype(np.float32) / 255
     labels = mnist.test_labels.numpy()[:2000]
     ours = Classifier(exported, provider="cpu").predict(pixels)

@@ -214,15 +214,9 @@ def _pairs_prepare(path, mode="mnist", *, multi_digit=False):
     return prepared
 
 
-def test_ray_passes_input_scale_and_ink_like_the_local_engine(ray_local, exported):
-    import inspect
-
-    from infer.engine import Classifier
-
-    if "input_scale" not in inspect.signature(Classifier).parameters:
-        pytest.skip("runs once infer.engine.Classifier takes input_scale= and ink= (the engine helper's work)")
+def test_ray_passes_input_scale_and_ink_like_the_local_engine(ray_local, wrapped_foreign):
     flags = ["--input-scale", "255", "--ink", "black", "-q"]
-    local = CliRunner().invoke(main, [str(ROOT / "samples"), "-m", str(exported), *flags])
-    remote = CliRunner().invoke(main, [str(ROOT / "samples"), "-m", str(exported), *flags, "--engine", "ray"])
+    local = CliRunner().invoke(main, [str(ROOT / "samples"), "-m", str(wrapped_foreign), *flags])
+    remote = CliRunner().invoke(main, [str(ROOT / "samples"), "-m", str(wrapped_foreign), *flags, "--engine", "ray"])
     assert local.exit_code == remote.exit_code == 0
     assert [r["prediction"] for r in rows(local.stdout)] == [r["prediction"] for r in rows(remote.stdout)]
