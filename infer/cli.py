@@ -33,8 +33,8 @@ Every image gets one row: path, prediction, confidence, [top_k], [digits],
 label (the true label when known), warning and error. A file that cannot be
 read (empty, not an image, over 150 megapixels, no digit found) is an error
 row and the others are still classified; warning codes (lines-removed,
-thin-strokes, faint-ink, several-digits, low-confidence) say which rows to
-check by hand. Output is UTF-8: bytes of a file name that are not UTF-8 are
+marks-removed, thin-strokes, faint-ink, several-digits, low-confidence) say
+which rows to check by hand. Output is UTF-8: bytes of a file name that are not UTF-8 are
 written as \\xNN and a backslash as \\\\ (--resume and --labels read them back).
 With -o, rows go to FILE.partial, renamed to FILE when the run completes; a
 run that stops early (Ctrl-C, a killed worker, a full disk) keeps the rows done
