@@ -23,7 +23,6 @@ default); `score_alternatives` then measures the plausible other choices on real
 """
 from __future__ import annotations
 
-import json
 import math
 import pickle
 import re
@@ -248,28 +247,18 @@ def _refusal(path: Path, kind: FileKind, message: str) -> str:
 
 
 def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
-    """A safetensors file (8-byte little-endian header length, JSON header, raw little-endian tensors)."""
-    dtypes = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
-              "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
-              "BOOL": torch.bool}
-    blob = path.read_bytes()
+    """A safetensors file, read with the safetensors library (the `train` extra brings it)."""
     try:
-        length = int.from_bytes(blob[:8], "little")
-        header = json.loads(blob[8 : 8 + length])
-        base = 8 + length
-        tensors = {}
-        for name, info in header.items():
-            if name == "__metadata__":
-                continue
-            start, end = info["data_offsets"]
-            if not 0 <= start <= end <= len(blob) - base:
-                raise ValueError("tensor outside the file")
-            raw = bytearray(blob[base + start : base + end])
-            flat = torch.frombuffer(raw, dtype=dtypes[info["dtype"]]) if raw else torch.empty(0, dtype=dtypes[info["dtype"]])
-            tensors[name] = flat.reshape(info["shape"])
-    except (ValueError, KeyError, TypeError, AttributeError, RuntimeError) as exc:
-        raise CheckpointError(f"{path}: not a readable safetensors file (truncated or corrupt?): {exc}") from None
-    return tensors
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+    except ImportError:
+        raise CheckpointError(f"{path}: a safetensors file; reading it needs the safetensors package: "
+                              "pip install safetensors (or 'mnist-toolkit[train]')") from None
+    try:
+        return load_file(str(path), device="cpu")
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"{path}: not a readable safetensors file (truncated or corrupt?): {first}") from None
 
 
 def _own(path: Path, options: ImportOptions) -> Source:

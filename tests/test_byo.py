@@ -570,25 +570,13 @@ def test_our_own_checkpoint_records_its_format_and_refuses_contradicting_flags(e
 
 # --- safetensors -----------------------------------------------------------------------------------
 
-
-def save_safetensors(tensors: dict[str, torch.Tensor], path: Path) -> None:
-    """The safetensors layout (what safetensors.torch.save_file writes): u64 header size, JSON header, data."""
-    names = {torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16"}
-    header, blobs, offset = {"__metadata__": {"format": "pt"}}, [], 0
-    for name, t in tensors.items():
-        data = t.detach().contiguous().view(torch.uint8).numpy().tobytes()
-        header[name] = {"dtype": names[t.dtype], "shape": list(t.shape), "data_offsets": [offset, offset + len(data)]}
-        blobs.append(data)
-        offset += len(data)
-    head = json.dumps(header).encode()
-    head += b" " * (-len(head) % 8)
-    path.write_bytes(len(head).to_bytes(8, "little") + head + b"".join(blobs))
+from safetensors.torch import save_file  # noqa: E402
 
 
 def test_safetensors_state_dict_in_half_precision(seed_net, mnist, tmp_path, mnist_dir):
     half = {k: v.to(torch.bfloat16) for k, v in seed_net.state_dict().items()}
     path = tmp_path / "model.safetensors"
-    save_safetensors(half, path)
+    save_file(half, str(path))  # as users save them
     result, summary = export([path, "--data-dir", mnist_dir, "-o", tmp_path / "st.onnx"])
     assert result.exit_code == 0, result.output
     assert "weights stored as bfloat16; exported as float32" in result.stderr
