@@ -74,7 +74,7 @@ def _alternatives_table(alternatives) -> str:
 
 
 def _sniff(path: Path):
-    from exporter.filekind import sniff
+    from infer.filekind import sniff
 
     try:
         return sniff(path)
@@ -166,8 +166,10 @@ def main(checkpoint, output, report, activation, input_scale, opset, atol, rtol,
     config = ExportConfig(opset=opset, verify=not no_verify, atol=atol, rtol=rtol, providers=tuple(dict.fromkeys(providers)),
                           data_dir=data_dir)
     kind = _sniff(checkpoint)
-    if not kind.readable:
-        raise click.ClickException(kind.refusal(checkpoint))
+    if not kind.pytorch:
+        from exporter.foreign import refusal
+
+        raise click.ClickException(refusal(kind, checkpoint))
     if check_path is not None:
         return _check(checkpoint, check_path, report, options, config, force, log)
 

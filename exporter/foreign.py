@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from exporter.filekind import FileKind, sniff
+from infer.filekind import FileKind, sniff
 from infer import contract as C
 from trainer.checkpoint import Checkpoint, CheckpointError, file_sha256, load_checkpoint
 from trainer.model import ACTIVATIONS, ModelConfig, Normalised
@@ -194,8 +194,8 @@ def load_source(path: str | Path, options: ImportOptions = ImportOptions()) -> S
         kind = sniff(path)
     except OSError as exc:
         raise CheckpointError(f"{path}: cannot read: {exc.strerror or exc}") from None
-    if not kind.readable:
-        raise CheckpointError(kind.refusal(path))
+    if not kind.pytorch:
+        raise CheckpointError(refusal(kind, path))
     if kind.name == "safetensors":
         data, container = read_safetensors(path), "safetensors"
     else:
@@ -211,6 +211,19 @@ def load_source(path: str | Path, options: ImportOptions = ImportOptions()) -> S
         # A layout no rule above foresaw: one line, not a traceback.
         raise UnsupportedModel(f"{path}: could not read an MLP from it ({type(exc).__name__}: {exc}); "
                                f"{SUPPORTED}") from None
+
+
+# What mnist-export takes, said once for every refusal.
+TAKES = ("mnist-export takes a PyTorch file: mnist-train's model.pt, or what torch.save wrote for an MLP "
+         "(the model, its state_dict, or a training-loop dict holding it), or a .safetensors state_dict")
+
+
+def refusal(kind: FileKind, path) -> str:
+    """One line: what the file is, what mnist-export takes, and the fix when there is one."""
+    fix = f"; {kind.fix}" if kind.fix else ""
+    if kind.damaged:
+        return f"{path}: {kind.what}{fix}"
+    return f"{path}: {kind.what}, not a model mnist-export can read. {TAKES}{fix}"
 
 
 def read_torch_file(path: Path, kind: FileKind):

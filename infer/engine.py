@@ -14,7 +14,6 @@ import logging
 import os
 import re
 import tempfile
-import zipfile
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Iterator
@@ -22,6 +21,7 @@ from typing import Iterator
 import numpy as np
 
 from infer import contract as C
+from infer.filekind import sniff
 
 PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
 INPUT_SCALES = (1, 255)
@@ -299,42 +299,20 @@ def _feed(info: ModelInfo, pixels: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(x, dtype=info.dtype)
 
 
-def describe_file(path: Path) -> str | None:
-    """What a file that cannot be an ONNX model is, from its first bytes; None when it may be ONNX."""
-    try:
-        with open(path, "rb") as f:
-            head = f.read(64)
-    except OSError:
-        return None
-    if not head:
-        return "an empty file"
-    if head.startswith(b"PK\x03\x04"):
-        try:
-            with zipfile.ZipFile(path) as archive:
-                torch_zip = any(n.endswith("/data.pkl") or n == "data.pkl" for n in archive.namelist())
-        except (zipfile.BadZipFile, OSError):
-            torch_zip = False
-        return "a PyTorch file (torch.save)" if torch_zip else "a zip archive"
-    if head[:1] == b"\x80" and 2 <= head[1] <= 5:
-        return "a Python pickle (a PyTorch file from torch.save, legacy format?)"
-    if head.lstrip()[:1] in (b"{", b"["):
-        return "a JSON file"
-    if head.startswith(b"\x89HDF\r\n\x1a\n"):
-        return "an HDF5 file (Keras?)"
-    if head.startswith(b"\x89PNG") or head.startswith(b"\xff\xd8\xff"):
-        return "an image"
-    return None
-
-
-def _refuse_non_onnx(path: Path, what: str) -> ModelError:
-    if what.startswith(("a PyTorch", "a Python pickle")):
-        return ModelError(f"{path} is {what}, not an ONNX model: export it first with `mnist-export {path}` "
-                          "and pass the .onnx file it writes")
-    if what == "a JSON file":
-        return ModelError(f"{path} is {what}, not an ONNX model (mnist-export writes its proof beside the model as "
-                          "MODEL.onnx.json): pass the .onnx file")
-    return ModelError(f"{path} is {what}, not an ONNX model: pass an .onnx file (mnist-export turns a PyTorch "
-                      "checkpoint into one)")
+def _refuse_non_onnx(path: Path, kind) -> ModelError:
+    """One line for a --model that is another kind of file (infer.filekind), with what to do instead."""
+    if kind.pytorch or kind.name in ("pickle", "torchscript"):
+        return ModelError(f"{path} is a PyTorch file ({kind.what}), not an ONNX model: export it first with "
+                          f"`mnist-export {path}` and pass the .onnx file it writes")
+    if kind.name == "json":
+        return ModelError(f"{path} is {kind.what}, not an ONNX model (mnist-export writes its proof beside the model "
+                          "as MODEL.onnx.json): pass the .onnx file")
+    if kind.name == "image":
+        return ModelError(f"{path} is {kind.what}, not an ONNX model: images are the PATHS to classify, "
+                          f"--model takes an .onnx file")
+    fix = f" ({kind.fix})" if kind.fix and kind.name != "onnx" else ""
+    return ModelError(f"{path} is {kind.what}, not an ONNX model: pass an .onnx file (mnist-export turns a "
+                      f"PyTorch checkpoint into one){fix}")
 
 
 def default_model_path() -> Path:
@@ -374,9 +352,12 @@ class Classifier:
             log.warning("using ./%s from the current directory, not the shipped model (pass a model to choose)", path)
         if not path.is_file():
             raise ModelError(f"{path}: no such model file")
-        what = describe_file(path)
-        if what is not None:
-            raise _refuse_non_onnx(path, what)
+        try:
+            kind = sniff(path, parse_onnx=False)  # ONNX Runtime itself says whether an ONNX candidate loads
+        except OSError as exc:
+            raise ModelError(f"{path}: cannot read: {exc.strerror or exc}") from None
+        if kind.name not in ("onnx", "unknown"):
+            raise _refuse_non_onnx(path, kind)
         try:
             self.session = make_session(path, provider, threads=threads, verbose=verbose)
         except ProviderError:

@@ -296,7 +296,7 @@ def test_model_resolution_and_contract(exported, tmp_path, monkeypatch):
     junk = tmp_path / "junk.onnx"
     junk.write_bytes(b"garbage")
     result = run([ROOT / "samples", "-m", junk])
-    assert result.exit_code == 1 and "cannot load it" in result.stderr and "Traceback" not in result.output
+    assert result.exit_code == 1 and "junk.onnx is a text file" in result.stderr and "not an ONNX model" in result.stderr and "Traceback" not in result.output
 
 
 def test_shipped_default_model(tmp_path, monkeypatch):

@@ -1,7 +1,9 @@
 """What kind of file is this? Magic bytes -> a name, so a wrong file gets its fix in one line.
 
-Reads the first bytes (and a zip's table of contents, or a candidate ONNX file's protobuf); never
-unpickles, never decodes an image. Imports nothing heavy: onnx only to confirm an ONNX candidate.
+mnist-export sniffs its CHECKPOINT and mnist-infer its --model with this one module; each says in its own
+words what it takes. Reads the first bytes (and a zip's table of contents, or a candidate ONNX file's
+protobuf); never unpickles, never decodes an image. Imports nothing heavy: onnx only to confirm an ONNX
+candidate, and only when asked (`parse_onnx`).
 """
 from __future__ import annotations
 
@@ -25,35 +27,31 @@ IMAGE_MAGIC = (
 )
 HEAD = 4096
 
-# What mnist-export takes, said once for every refusal.
-TAKES = ("mnist-export takes a PyTorch file: mnist-train's model.pt, or what torch.save wrote for an MLP "
-         "(the model, its state_dict, or a training-loop dict holding it), or a .safetensors state_dict")
 
 
 @dataclass(frozen=True)
 class FileKind:
-    """`name`: torch-zip, torch-legacy, safetensors (readable); onnx, torchscript, pickle, json, text,
-    git-lfs-pointer, image, hdf5, numpy, zip, empty, unknown (refused). `what`: words for a message."""
+    """`name`: torch-zip, torch-legacy, safetensors, onnx, torchscript, pickle, json, text, git-lfs-pointer,
+    image, hdf5, numpy, keras, zip, damaged, empty, unknown. `what`: words for a message; `fix`: what
+    to do instead, when there is something."""
 
     name: str
     what: str
     fix: str = ""
-    damaged: bool = False  # the right kind of file, cut short or corrupted: no need to say what is taken
+    damaged: bool = False  # the right kind of file, cut short or corrupted
 
     @property
-    def readable(self) -> bool:
+    def pytorch(self) -> bool:
+        """A file of PyTorch weights (what mnist-export reads)."""
         return self.name in ("torch-zip", "torch-legacy", "safetensors")
 
-    def refusal(self, path) -> str:
-        """One line: what the file is, what mnist-export takes, and the fix when there is one."""
-        fix = f"; {self.fix}" if self.fix else ""
-        if self.damaged:
-            return f"{path}: {self.what}{fix}"
-        return f"{path}: {self.what}, not a model mnist-export can read. {TAKES}{fix}"
 
+def sniff(path: str | Path, *, parse_onnx: bool = True) -> FileKind:
+    """Name the kind of file at `path` from its first bytes (raises OSError when unreadable).
 
-def sniff(path: str | Path) -> FileKind:
-    """Name the kind of file at `path` from its first bytes (raises OSError when unreadable)."""
+    An ONNX candidate is confirmed by parsing it with onnx when `parse_onnx` and onnx is installed;
+    otherwise its first byte decides (mnist-infer leaves the rest to ONNX Runtime, and saves the import).
+    """
     path = Path(path)
     with open(path, "rb") as f:
         head = f.read(HEAD)
@@ -83,7 +81,7 @@ def sniff(path: str | Path) -> FileKind:
     if head.startswith(GIT_LFS_POINTER):
         return FileKind("git-lfs-pointer", "a Git LFS pointer, not the file itself",
                         "fetch the real file with: git lfs pull")
-    if _is_onnx(path, head):
+    if _is_onnx(path, head, parse_onnx):
         return FileKind("onnx", "an ONNX model (already exported)",
                         f"classify with it: mnist-infer IMAGES --model {path}; or re-prove it against its "
                         f"checkpoint: mnist-export CHECKPOINT --check {path}")
@@ -137,10 +135,12 @@ def _is_safetensors(path: Path, head: bytes) -> bool:
     return 2 <= length <= path.stat().st_size - 8
 
 
-def _is_onnx(path: Path, head: bytes) -> bool:
+def _is_onnx(path: Path, head: bytes, parse: bool) -> bool:
     # A ModelProto starts with field 1 (ir_version, varint) or, rarely, another small field tag.
     if head[:1] not in (b"\x08", b"\x12", b"\x1a", b"\x3a"):
         return False
+    if not parse:
+        return head[:1] == b"\x08"
     try:
         import onnx
     except ImportError:
