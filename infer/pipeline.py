@@ -22,10 +22,12 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Iterator, Sequence
 
+import cv2
 import numpy as np
 
 from infer.contract import DEFAULT_MIN_CONFIDENCE, IMAGE_SIZE, WARN_LOW_CONFIDENCE, WARNING_SEPARATOR
 from infer.files import Listed, list_images
+from infer import preprocess
 from infer.preprocess import ImageError, Prepared, deskew, prepare_file
 
 CHUNK = 256  # paths per worker task
@@ -91,27 +93,23 @@ class Decoded:
 
 def decode_chunk(task: DecodeTask) -> Decoded:
     """Worker task: paths -> Decoded. Never raises for a bad file: it becomes that path's error."""
-    prepare = task.prepare or prepare_file
     n = len(task.paths)
+    prepare = task.prepare or prepare_file
+    results = None
+    if prepare is preprocess.prepare_file:
+        try:  # its batched form: the chunk's tiny images are preprocessed together, as one array
+            results = preprocess.prepare_files(task.paths, task.mode, multi_digit=task.multi_digit)
+        except Exception:  # an unexpected failure: redo the chunk one file at a time, to find whose
+            results = None
+    if results is None:  # a caller's own `prepare`, one file at a time
+        results = [_prepare_one(prepare, path, task) for path in task.paths]
     counts = np.zeros(n, np.int32)
-    digits = np.zeros((n, IMAGE_SIZE, IMAGE_SIZE), np.uint8)
     errors: dict[int, str] = {}
     warnings: dict[int, tuple[str, ...]] = {}
-    m = 0
-    for i, path in enumerate(task.paths):
-        try:
-            prepared = prepare(path, task.mode, multi_digit=task.multi_digit)
-        except ImageError as exc:
-            errors[i] = str(exc)
-            continue
-        except MemoryError:
-            errors[i] = "out of memory while decoding"
-            continue
-        except OSError as exc:
-            errors[i] = f"cannot read: {exc.strerror or exc}"
-            continue
-        except Exception as exc:  # a decoder bug must cost one row, not the run
-            errors[i] = f"cannot decode: {type(exc).__name__}: {exc}"
+    parts = []
+    for i, prepared in enumerate(results):
+        if isinstance(prepared, BaseException):
+            errors[i] = _error_text(prepared)
             continue
         # One image is one digit unless several were asked for (prepare's contract; kept here for any
         # `prepare` passed in, so that both engines make the same rows).
@@ -119,17 +117,34 @@ def decode_chunk(task: DecodeTask) -> Decoded:
         if k == 0:
             errors[i] = "no digit found"
             continue
-        if m + k > len(digits):  # several digits in one image: grow
-            digits = np.concatenate([digits, np.zeros((max(n, k), IMAGE_SIZE, IMAGE_SIZE), np.uint8)])
-        digits[m : m + k] = prepared.digits[:k]
+        parts.append(prepared.digits[:k])
         counts[i] = k
-        m += k
         if prepared.warnings:
             warnings[i] = tuple(prepared.warnings)
-    digits = digits[:m]
-    if task.deskew and m:
+    digits = np.concatenate(parts) if parts else np.zeros((0, IMAGE_SIZE, IMAGE_SIZE), np.uint8)
+    if task.deskew and len(digits):
         digits = deskew(digits)  # the model was trained on deskewed digits
-    return Decoded(digits, counts, errors, warnings, deskew_settled=task.deskew is not None)
+    return Decoded(np.ascontiguousarray(digits, np.uint8), counts, errors, warnings,
+                   deskew_settled=task.deskew is not None)
+
+
+def _prepare_one(prepare: Callable[..., Prepared], path: str, task: DecodeTask) -> Prepared | BaseException:
+    """One file through `prepare`, any failure returned as the value (a bad file costs its row only)."""
+    try:
+        return prepare(path, task.mode, multi_digit=task.multi_digit)
+    except Exception as exc:  # a decoder bug must cost one row, not the run
+        return exc
+
+
+def _error_text(exc: BaseException) -> str:
+    """The error column for a file whose preprocessing raised `exc`."""
+    if isinstance(exc, ImageError):
+        return str(exc)
+    if isinstance(exc, MemoryError):
+        return "out of memory while decoding"
+    if isinstance(exc, OSError):
+        return f"cannot read: {exc.strerror or exc}"
+    return f"cannot decode: {type(exc).__name__}: {exc}"
 
 
 @dataclass
@@ -258,12 +273,14 @@ def _chunks(items: Iterator, size: int) -> Iterator[list]:
         yield chunk
 
 
-def _decode_worker(tasks, results) -> None:
+def _decode_worker(tasks, results, spawned: bool = False) -> None:
     """A decode process: tasks from its own queue, results into its own pipe, until None."""
     # Ctrl-C is the main process's to handle: it stops the workers and keeps the rows done so far;
     # SIGTERM (how it stops them) ends a worker at once, whatever handler the main process had.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    if spawned:  # a fresh process (not forked): its OpenCV is its own to set (see Decoder)
+        cv2.setNumThreads(1)
     while True:
         task = tasks.get()
         if task is None:
@@ -292,17 +309,24 @@ class Decoder:
         if workers > 0:
             # All workers are forked here, before this process starts any thread (queue feeders,
             # ONNX Runtime, a progress bar).
-            ctx = multiprocessing.get_context("fork" if sys.platform.startswith("linux") else "spawn")
+            method = "fork" if sys.platform.startswith("linux") else "spawn"
+            ctx = multiprocessing.get_context(method)
+            # Each worker runs OpenCV on one thread: the workers are the parallelism, and OpenCV's
+            # pool costs more than it gives on images this small. Set here, in this process, around
+            # the forks: a child must never reconfigure a thread pool whose threads it did not inherit.
+            threads = cv2.getNumThreads()
+            cv2.setNumThreads(1)
             for _ in range(workers):
                 tasks = ctx.Queue()
                 receive, send = ctx.Pipe(duplex=False)
-                proc = ctx.Process(target=_decode_worker, args=(tasks, send), daemon=True,
+                proc = ctx.Process(target=_decode_worker, args=(tasks, send, method == "spawn"), daemon=True,
                                    name="mnist-infer-decode")
                 proc.start()
                 send.close()  # the worker holds the only write end: its death is an end of file here
                 self.procs.append(proc)
                 self.queues.append(tasks)
                 self.conns.append(receive)
+            cv2.setNumThreads(threads)
 
     def stream(self, tasks: Iterator[DecodeTask]) -> Iterator[Decoded]:
         """Results of decode_chunk over `tasks`, in order. With workers, the first tasks are submitted
