@@ -22,15 +22,21 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Iterator, Sequence
 
+try:
+    import fcntl
+except ImportError:  # Windows: pipes keep their default size
+    fcntl = None
+
 import cv2
 import numpy as np
 
+from infer import preprocess
 from infer.contract import DEFAULT_MIN_CONFIDENCE, IMAGE_SIZE, WARN_LOW_CONFIDENCE, WARNING_SEPARATOR
 from infer.files import Listed, list_images
-from infer import preprocess
 from infer.preprocess import ImageError, Prepared, deskew, prepare_file
 
 CHUNK = 256  # paths per worker task
+PIPE_BYTES = 1 << 20  # result pipe capacity asked for: a chunk of 256 digits is 200 kB
 INFLIGHT_PER_WORKER = 4
 
 
@@ -93,17 +99,28 @@ class Decoded:
 
 def decode_chunk(task: DecodeTask) -> Decoded:
     """Worker task: paths -> Decoded. Never raises for a bad file: it becomes that path's error."""
-    n = len(task.paths)
     prepare = task.prepare or prepare_file
-    results = None
+    batch = None
     if prepare is preprocess.prepare_file:
         try:  # its batched form: the chunk's tiny images are preprocessed together, as one array
-            results = preprocess.prepare_files(task.paths, task.mode, multi_digit=task.multi_digit)
+            batch = preprocess.prepare_files(task.paths, task.mode, multi_digit=task.multi_digit)
         except Exception:  # an unexpected failure: redo the chunk one file at a time, to find whose
-            results = None
-    if results is None:  # a caller's own `prepare`, one file at a time
-        results = [_prepare_one(prepare, path, task) for path in task.paths]
-    counts = np.zeros(n, np.int32)
+            batch = None
+    if batch is not None:
+        digits, counts, warnings = batch.digits, batch.counts, batch.warnings
+        errors = {i: str(exc) for i, exc in batch.errors.items()}
+    else:  # a caller's own `prepare`, one file at a time
+        digits, counts, errors, warnings = _collect([_prepare_one(prepare, p, task) for p in task.paths],
+                                                    task.multi_digit)
+    if task.deskew and len(digits):
+        digits = deskew(digits)  # the model was trained on deskewed digits
+    return Decoded(np.ascontiguousarray(digits, np.uint8), counts, errors, warnings,
+                   deskew_settled=task.deskew is not None)
+
+
+def _collect(results: list, multi_digit: bool):
+    """Per-file Prepared objects (or the exceptions raised) -> (digits, counts, errors, warnings)."""
+    counts = np.zeros(len(results), np.int32)
     errors: dict[int, str] = {}
     warnings: dict[int, tuple[str, ...]] = {}
     parts = []
@@ -113,7 +130,7 @@ def decode_chunk(task: DecodeTask) -> Decoded:
             continue
         # One image is one digit unless several were asked for (prepare's contract; kept here for any
         # `prepare` passed in, so that both engines make the same rows).
-        k = len(prepared.digits) if task.multi_digit else min(1, len(prepared.digits))
+        k = len(prepared.digits) if multi_digit else min(1, len(prepared.digits))
         if k == 0:
             errors[i] = "no digit found"
             continue
@@ -122,10 +139,7 @@ def decode_chunk(task: DecodeTask) -> Decoded:
         if prepared.warnings:
             warnings[i] = tuple(prepared.warnings)
     digits = np.concatenate(parts) if parts else np.zeros((0, IMAGE_SIZE, IMAGE_SIZE), np.uint8)
-    if task.deskew and len(digits):
-        digits = deskew(digits)  # the model was trained on deskewed digits
-    return Decoded(np.ascontiguousarray(digits, np.uint8), counts, errors, warnings,
-                   deskew_settled=task.deskew is not None)
+    return digits, counts, errors, warnings
 
 
 def _prepare_one(prepare: Callable[..., Prepared], path: str, task: DecodeTask) -> Prepared | BaseException:
@@ -319,6 +333,7 @@ class Decoder:
             for _ in range(workers):
                 tasks = ctx.Queue()
                 receive, send = ctx.Pipe(duplex=False)
+                _widen_pipe(send.fileno())
                 proc = ctx.Process(target=_decode_worker, args=(tasks, send, method == "spawn"), daemon=True,
                                    name="mnist-infer-decode")
                 proc.start()
@@ -401,6 +416,18 @@ class Decoder:
             tasks.close()
             conn.close()
         self.procs, self.queues, self.conns = [], [], []
+
+
+def _widen_pipe(fd: int) -> None:
+    """Let a result pipe hold a whole chunk's digits (Linux; 64 kB by default): the worker writes it in
+    one go and the main process reads it in one call, instead of a dozen wake-ups each."""
+    size = getattr(fcntl, "F_SETPIPE_SZ", None) if fcntl else None
+    if size is None:
+        return
+    try:
+        fcntl.fcntl(fd, size, PIPE_BYTES)
+    except OSError:  # above the system's pipe-max-size for this user: the default will do
+        pass
 
 
 def default_workers() -> int:

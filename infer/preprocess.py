@@ -21,11 +21,13 @@ import struct
 import time
 import warnings
 from dataclasses import dataclass
-from typing import BinaryIO, Sequence
+from typing import TYPE_CHECKING, BinaryIO, Sequence
 
 import cv2
 import numpy as np
-from PIL import Image, ImageOps
+
+if TYPE_CHECKING:
+    from PIL import Image
 
 from infer.contract import (DIGIT_BOX, IMAGE_SIZE, PIXEL_SCALE, WARN_FAINT_INK, WARN_LINES_REMOVED,
                             WARN_MARKS_REMOVED, WARN_SEVERAL_DIGITS, WARN_THIN_STROKES)
@@ -237,6 +239,8 @@ def _decode_jpeg(data: bytes, mode: str) -> np.ndarray | None:
     if grey is None:
         return None
     if exif:
+        from PIL import Image  # loaded where it is used: most files never need Pillow
+
         try:
             with Image.open(io.BytesIO(data)) as im:
                 orientation = im.getexif().get(EXIF_ORIENTATION, 1)
@@ -250,6 +254,8 @@ def _decode_jpeg(data: bytes, mode: str) -> np.ndarray | None:
 def _working_size(grey: np.ndarray) -> np.ndarray:
     if grey.size <= WORKING_PIXELS:
         return grey
+    from PIL import Image
+
     factor = math.ceil(math.sqrt(grey.size / WORKING_PIXELS))
     return np.asarray(Image.fromarray(grey).reduce(factor))
 
@@ -271,6 +277,8 @@ def _register_heif() -> bool:
 
 def _open(source: BinaryIO) -> Image.Image:
     """Image.open (header only), with what Pillow cannot identify named: empty, HEIC without pillow-heif, AVIF."""
+    from PIL import Image
+
     head = source.read(12)
     source.seek(0)
     if not head:
@@ -297,6 +305,8 @@ def _open(source: BinaryIO) -> Image.Image:
 
 
 def _read_with_pillow(source: BinaryIO, mode: str) -> np.ndarray:
+    from PIL import Image, ImageOps
+
     try:
         im = _open(source)
         with im:
@@ -399,8 +409,6 @@ class _Layout:
     nonzero: np.ndarray  # int [n]: pixels that are not 0
     rows: np.ndarray  # int [n,2]: first and last row holding ink
     cols: np.ndarray  # int [n,2]: first and last column holding ink
-    filled_rows: np.ndarray  # int [n]: rows holding ink
-    filled_cols: np.ndarray  # int [n]: columns holding ink
     cy: np.ndarray  # float64 [n]; NaN for a blank image
     cx: np.ndarray
 
@@ -419,16 +427,25 @@ def _layout(stack: np.ndarray) -> _Layout:
     with np.errstate(invalid="ignore", divide="ignore"):  # blank images: NaN, never taken
         cy = (row_mass * _INDEX).sum(1).astype(np.float64) / total
         cx = (col_mass * _INDEX).sum(1).astype(np.float64) / total
-    return _Layout(np.count_nonzero(stack.reshape(n, -1), axis=1), rows, cols, has_row.sum(1), has_col.sum(1), cy, cx)
+    return _Layout(np.count_nonzero(stack.reshape(n, -1), axis=1), rows, cols, cy, cx)
 
 
 def _mnist_format_many(stack: np.ndarray) -> np.ndarray:
     """is_mnist_format for each image of a uint8 stack [n,28,28] -> bool [n], in a few whole-stack calls."""
-    lay = _layout(stack)
+    return _in_mnist_format(_layout(stack))
+
+
+def _in_mnist_format(lay: _Layout) -> np.ndarray:
     half = IMAGE_SIZE * IMAGE_SIZE // 2
     within = (lay.rows[:, 1] - lay.rows[:, 0] < DIGIT_BOX) & (lay.cols[:, 1] - lay.cols[:, 0] < DIGIT_BOX)
     centred = (np.abs(lay.cy - IMAGE_SIZE / 2) <= 0.51) & (np.abs(lay.cx - IMAGE_SIZE / 2) <= 0.51)
     return (lay.nonzero <= half) & (lay.nonzero > 0) & within & centred
+
+
+def _ink_bright(stack: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(dark bool [n]: `ink_is_dark` of each image, the stack with dark-ink images inverted: ink bright)."""
+    dark = _ink_is_dark_many(stack.reshape(len(stack), -1))
+    return dark, stack ^ (dark.astype(np.uint8) * np.uint8(255))[:, None, None]  # 255 - x where dark
 
 
 def centre_by_shift(stack: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -437,32 +454,35 @@ def centre_by_shift(stack: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     For the tiny PNGs users' folders hold: MNIST digits cropped or pasted a pixel or two off-centre,
     saved black on white. Polarity as `ink_is_dark` judges it, then the digit is moved by whole pixels
     so that its centre of mass is at (14, 14), as MNIST placed its digits: its pixels are MNIST's own,
-    with no paper fit, no line search and no resampling. Taken only when the image is such a digit:
-    clean paper (at least half the pixels exactly the paper's level), the ink within 20x20 and in one
-    piece in both projections (no speck apart, not several digits side by side), and room to move it.
-    (Its strokes cannot be thinner than `normalise_strokes` allows: 2 * area / boundary is at least
-    2 px, in a box of at most 20.) Any other image (noise, a frame, a speck...) is left to the
-    pipeline's steps: not taken, its row of the output is zeros.
+    with no paper fit, no line search and no resampling. Taken when the image is MNIST's layout but for
+    the shift (what `is_mnist_format` asks, after polarity): clean paper (at least half the pixels
+    exactly the paper's level), the ink within 20x20, and room to move it. So one MNIST digit gives
+    the same digit wherever it sits; like `is_mnist_format`, it does not look inside the 20x20 box
+    for specks or a second digit. (Strokes cannot be thinner there than `normalise_strokes` allows:
+    2 * area / boundary is at least 2 px, in a box of at most 20.) Any other image (noise, grey
+    paper, a digit wider than 20 px...) is left to the pipeline's steps: not taken, its row of the
+    output is zeros.
     Whole-stack numpy calls: a chunk's tiny images cost a few microseconds each.
     Kind: bench/realistic.py `shifted_inverted` (bench/infer_throughput.py's realistic folder).
     """
-    n = len(stack)
-    dark = _ink_is_dark_many(stack.reshape(n, -1))
-    ink = stack ^ (dark.astype(np.uint8) * np.uint8(255))[:, None, None]  # 255 - x where the ink is dark
-    lay = _layout(ink)
+    _, ink = _ink_bright(stack)
+    return _shift_to_centre(ink, _layout(ink))
+
+
+def _shift_to_centre(ink: np.ndarray, lay: _Layout) -> tuple[np.ndarray, np.ndarray]:
+    """centre_by_shift's move, for ink-bright images and their layout."""
     half = IMAGE_SIZE * IMAGE_SIZE // 2
     height, width = lay.rows[:, 1] - lay.rows[:, 0], lay.cols[:, 1] - lay.cols[:, 0]
     with np.errstate(invalid="ignore"):  # blank images: NaN centres, not taken
         dy, dx = np.round(IMAGE_SIZE / 2 - lay.cy), np.round(IMAGE_SIZE / 2 - lay.cx)
         taken = ((lay.nonzero <= half) & (lay.nonzero > 0) & (height < DIGIT_BOX) & (width < DIGIT_BOX)
-                 & (lay.filled_rows == height + 1) & (lay.filled_cols == width + 1)
                  & (lay.rows[:, 0] + dy >= 0) & (lay.rows[:, 1] + dy < IMAGE_SIZE)
                  & (lay.cols[:, 0] + dx >= 0) & (lay.cols[:, 1] + dx < IMAGE_SIZE))
-    out = np.zeros_like(stack)
+    out = np.zeros_like(ink)
     if not taken.any():
         return taken, out
-    # Moved a shift at a time (at most 25 kinds of shift within a digit's margin), whole images at once:
-    # the ink lies in its box, which stays in frame, so what leaves the frame is paper.
+    # One slice assignment per distinct shift (a chunk of off-centre digits has a few dozen), whole
+    # images at once: the ink lies in its box, which stays in frame, so only paper leaves the frame.
     moves = np.stack([dy[taken], dx[taken]], axis=1).astype(int)
     which = np.flatnonzero(taken)
     kinds, group = np.unique(moves, axis=0, return_inverse=True)
@@ -1091,14 +1111,17 @@ def mnist_layout_small(stack: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The first steps for 28x28 images, on a whole uint8 stack [n,28,28] -> (taken bool [n], digits
     uint8 [n,28,28]): `is_mnist_format` (passed through untouched), else `centre_by_shift`. An image
     not taken goes through the pipeline's steps alone; its row of `digits` is zeros."""
-    taken = _mnist_format_many(stack)
-    digits = np.where(taken[:, None, None], stack, np.uint8(0))
-    rest = np.flatnonzero(~taken)
-    if len(rest):
-        moved, shifted = centre_by_shift(stack[rest])
-        taken[rest] = moved
-        digits[rest] = shifted
-    return taken, digits
+    dark, ink = _ink_bright(stack)
+    lay = _layout(ink)
+    # is_mnist_format of each image as it is: where the ink is light, `ink` is the image itself; where
+    # it is dark, only an image with at most half its pixels lit can be (an inverted digit never is).
+    passed = _in_mnist_format(lay) & ~dark
+    maybe = np.flatnonzero(dark & (np.count_nonzero(stack.reshape(len(stack), -1), axis=1) <= IMAGE_SIZE ** 2 // 2))
+    if len(maybe):
+        passed[maybe] = _mnist_format_many(stack[maybe])
+    taken, digits = _shift_to_centre(ink, lay)
+    digits[passed] = stack[passed]
+    return taken | passed, digits
 
 
 def _prepare(grey: np.ndarray, multi_digit: bool, lap) -> Prepared:
@@ -1173,65 +1196,107 @@ def prepare(grey: np.ndarray, *, multi_digit: bool = False) -> Prepared:
     return _prepare(grey, multi_digit, _no_lap)
 
 
-def prepare_many(greys: Sequence[np.ndarray], *, multi_digit: bool = False) -> list[Prepared | ImageError]:
-    """`prepare` over many images -> one Prepared or ImageError each, in order (errors as values).
+@dataclass(frozen=True)
+class PreparedBatch:
+    """What preprocessing made of many images, as arrays: n images, m digits in all.
+
+    `batch[i]` is image i's Prepared, or the ImageError that says why it has no digit.
+    """
+
+    digits: np.ndarray  # uint8 [m,28,28]: every image's digit(s), in order
+    counts: np.ndarray  # int32 [n]: digits per image (0: an error)
+    warnings: dict[int, tuple[str, ...]]  # image index -> warning codes, for images where some fired
+    errors: dict[int, ImageError]  # image index -> why it has no digit
+
+    def __len__(self) -> int:
+        return len(self.counts)
+
+    def __getitem__(self, i: int) -> Prepared | ImageError:
+        if i in self.errors:
+            return self.errors[i]
+        start = int(self.counts[:i].sum())
+        return Prepared(self.digits[start : start + self.counts[i]], self.warnings.get(i, ()))
+
+
+def prepare_many(greys: Sequence[np.ndarray], *, multi_digit: bool = False) -> PreparedBatch:
+    """`prepare` over many uint8 grey images -> PreparedBatch (errors as values, never raised).
 
     The same results as one `prepare` call per image, whatever the batch: the 28x28 images' first
     steps (`mnist_layout_small`) run on all of them as one array; every other image, and each small
     one those steps do not take, goes through the pipeline's steps alone.
     """
-    results: list[Prepared | ImageError | None] = [None] * len(greys)
-    small = []
+    out = _Collector(len(greys))
     for i, grey in enumerate(greys):
         if grey.shape == (IMAGE_SIZE, IMAGE_SIZE):
-            small.append(i)
+            out.small(i, grey)
         else:
-            results[i] = _prepare_or_error(grey, multi_digit)
-    _prepare_small(small, [greys[i] for i in small], results, multi_digit)
-    return results
+            out.prepare(i, grey, multi_digit)
+    return out.finish(multi_digit)
 
 
 def prepare_files(sources: Sequence[str | os.PathLike | BinaryIO], mode: str = "mnist", *,
-                  multi_digit: bool = False) -> list[Prepared | ImageError]:
-    """`prepare_file` over many files -> one Prepared or ImageError each, in order (errors as values).
+                  multi_digit: bool = False) -> PreparedBatch:
+    """`prepare_file` over many files -> PreparedBatch (ImageErrors as values; other exceptions propagate).
 
     The same results as one `prepare_file` call per file. Each file is decoded and, unless it is a
     28x28 image, prepared at once (memory holds one large image at a time); the 28x28 ones are
-    prepared together at the end (`prepare_many`). Exceptions other than ImageError propagate.
+    prepared together at the end, as one array (`prepare_many`).
     """
-    results: list[Prepared | ImageError | None] = [None] * len(sources)
-    small, small_greys = [], []
+    out = _Collector(len(sources))
     for i, source in enumerate(sources):
         try:
             grey = read_grey(source, mode)
         except ImageError as exc:
-            results[i] = exc
+            out.errors[i] = exc
             continue
         if mode != "mnist":
-            results[i] = Prepared(resize_raw(grey)[None])
+            out.parts[i] = resize_raw(grey)[None]
         elif grey.shape == (IMAGE_SIZE, IMAGE_SIZE):
-            small.append(i)
-            small_greys.append(grey)
+            out.small(i, grey)
         else:
-            results[i] = _prepare_or_error(grey, multi_digit)
-    _prepare_small(small, small_greys, results, multi_digit)
-    return results
+            out.prepare(i, grey, multi_digit)
+    return out.finish(multi_digit)
 
 
-def _prepare_or_error(grey: np.ndarray, multi_digit: bool) -> Prepared | ImageError:
-    try:
-        return _prepare_steps(grey, multi_digit, _no_lap)
-    except ImageError as exc:
-        return exc
+class _Collector:
+    """Builds a PreparedBatch image by image, holding the 28x28 images back to prepare them together."""
 
+    def __init__(self, n: int):
+        self.parts: list[np.ndarray | None] = [None] * n  # each image's digits, uint8 [k,28,28]
+        self.warnings: dict[int, tuple[str, ...]] = {}
+        self.errors: dict[int, ImageError] = {}
+        self.small_index: list[int] = []
+        self.small_greys: list[np.ndarray] = []
 
-def _prepare_small(index: list[int], greys: list[np.ndarray], results: list, multi_digit: bool) -> None:
-    """28x28 images (at `index` of `results`): the whole stack's first steps, then the steps alone."""
-    if not index:
-        return
-    taken, digits = mnist_layout_small(np.stack(greys))
-    for j, i in enumerate(index):
-        results[i] = Prepared(digits[j : j + 1]) if taken[j] else _prepare_or_error(greys[j], multi_digit)
+    def small(self, i: int, grey: np.ndarray) -> None:
+        self.small_index.append(i)
+        self.small_greys.append(grey)
+
+    def prepare(self, i: int, grey: np.ndarray, multi_digit: bool) -> None:
+        try:
+            prepared = _prepare_steps(grey, multi_digit, _no_lap)
+        except ImageError as exc:
+            self.errors[i] = exc
+            return
+        self.parts[i] = prepared.digits
+        if prepared.warnings:
+            self.warnings[i] = prepared.warnings
+
+    def finish(self, multi_digit: bool) -> PreparedBatch:
+        n = len(self.parts)
+        if self.small_index:
+            taken, digits = mnist_layout_small(np.stack(self.small_greys))
+            if len(self.small_index) == n and taken.all():  # a folder of tiny digits: the stack is the batch
+                return PreparedBatch(digits, np.ones(n, np.int32), {}, {})
+            for j, i in enumerate(self.small_index):
+                if taken[j]:
+                    self.parts[i] = digits[j : j + 1]
+                else:
+                    self.prepare(i, self.small_greys[j], multi_digit)
+        counts = np.array([0 if p is None else len(p) for p in self.parts], np.int32)
+        kept = [p for p in self.parts if p is not None]
+        digits = np.concatenate(kept) if kept else np.zeros((0, IMAGE_SIZE, IMAGE_SIZE), np.uint8)
+        return PreparedBatch(digits, counts, self.warnings, self.errors)
 
 
 def profile_prepare(grey: np.ndarray, times: dict[str, float], *, multi_digit: bool = False) -> Prepared:
@@ -1319,6 +1384,8 @@ def resize_raw(grey: np.ndarray) -> np.ndarray:
     """`--preprocess none`: the whole image resized to 28x28, nothing else."""
     if grey.shape == (IMAGE_SIZE, IMAGE_SIZE):
         return grey
+    from PIL import Image
+
     return np.asarray(Image.fromarray(grey).resize((IMAGE_SIZE, IMAGE_SIZE), Image.BILINEAR))
 
 
