@@ -221,12 +221,15 @@ def score(paths: Sequence[str], decoded: Decoded, classifier, options: ClassifyO
     digits = decoded.digits
     if len(digits) and not decoded.deskew_settled and getattr(classifier, "deskew", False):
         digits = deskew(digits)  # decoded before the model's wish was known
-    if len(digits):
-        probs = np.asarray(classifier.predict(digits.astype(np.float32) / np.float32(255.0)))
+    if len(digits):  # pixels in [0, 1], as infer.preprocess.to_model_input makes them (in one pass)
+        probs = np.asarray(classifier.predict(np.divide(digits, np.float32(255.0), dtype=np.float32)))
     else:
         probs = np.zeros((0, len(labels)), np.float32)
     k = max(1, min(options.top_k, len(labels)))
-    order = np.argsort(-probs, axis=1, kind="stable")[:, :k]  # [m,k]
+    if k == 1:  # the most likely class: the first of equals, as a stable sort would give
+        order = probs.argmax(axis=1)[:, None]
+    else:
+        order = np.argsort(-probs, axis=1, kind="stable")[:, :k]  # [m,k]
     order_p = np.take_along_axis(probs, order, axis=1).astype(np.float32)
     starts = np.cumsum(counts) - counts
     ok = counts > 0
