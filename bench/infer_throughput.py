@@ -33,6 +33,7 @@ and what the main process's share caps the rate at: 1 / (list + ipc + model + ro
 """
 from __future__ import annotations
 
+import compileall
 import csv
 import io
 import os
@@ -138,7 +139,7 @@ class Run:
 
 
 def timed(cmd: list[str]) -> Run:
-    """Wall seconds, peak RSS of the whole process tree, and CPU seconds of the main process and in all.
+    """Wall seconds, peak RSS of the whole process tree, CPU seconds of the main process and in all.
     Exit code 1 is a finished run with error rows (mnist-infer's `no digit found`): counted, not a failure."""
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -201,6 +202,8 @@ class _TimedClassifier:
 
 def stage_costs(folder: Folder, model: str, files: int) -> dict[str, float]:
     """Microseconds per image of each stage on the first `files` files of the folder (best of 3 passes)."""
+    import cv2
+
     from infer.engine import Classifier
     from infer.evaluate import folder_labeller
     from infer.files import list_images
@@ -209,6 +212,7 @@ def stage_costs(folder: Folder, model: str, files: int) -> dict[str, float]:
     from infer.preprocess import read_grey
     from infer.contract import LABELS
 
+    cv2.setNumThreads(1)  # as in the decode workers
     t = time.perf_counter()
     every = list(list_images([folder.path]))
     list_us = 1e6 * (time.perf_counter() - t) / len(every)
@@ -257,6 +261,9 @@ def main() -> None:
     folders = [FOLDERS[k] for k in args.folders.split(",")]
     for folder in folders:
         ensure(folder, args.data_dir)
+    # Byte-compile the package as an installation does (pip compiles on install), so that no run
+    # pays for compiling it: with PYTHONDONTWRITEBYTECODE or a fresh checkout each run would.
+    compileall.compile_dir(str(ROOT / "infer"), quiet=1)
     exe = common.mnist_infer_exe()
     naive = [sys.executable, str(ROOT / "bench" / "naive_infer.py"), args.model]
 
@@ -288,6 +295,15 @@ def main() -> None:
             print(f"| {folder.name} | {pipeline} | {secs:.2f} | {folder.count / secs:,.0f} | {ratio} "
                   f"| {max(r.peak_mb for r in rs):.0f} MB | {100 * share:.0f}% | {100 * acc[folder.key, pipeline][0]:.2f}% "
                   f"| {acc[folder.key, pipeline][1]} |")
+
+    print("\nmnist-infer's main process in those runs (CPU seconds per image, start-up included), and the rate "
+          "at which it alone would keep up:\n")
+    for folder in folders:
+        rs = runs[folder.key, "mnist-infer"]
+        main_us = 1e6 * statistics.median(r.cpu_main for r in rs) / folder.count
+        workers_us = 1e6 * statistics.median(r.cpu_total - r.cpu_main for r in rs) / folder.count
+        print(f"- {folder.name}: main {main_us:.1f} us/image, workers {workers_us:.1f} us/image; the main process "
+              f"caps the rate at {1e6 / main_us:,.0f} images/s")
 
     names = ["list", "decode", "prep", "ipc", "model", "rows"]
     print(f"\nPer-stage cost, microseconds per image, one process ({args.stage_files} files a folder, best of 3)\n")

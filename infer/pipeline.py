@@ -97,8 +97,11 @@ class Decoded:
     deskew_settled: bool  # the worker knew the model's wish and applied it (else the caller must)
 
 
-def decode_chunk(task: DecodeTask) -> Decoded:
-    """Worker task: paths -> Decoded. Never raises for a bad file: it becomes that path's error."""
+def decode_chunk(task: DecodeTask, wish: Callable[[], bool | None] | None = None) -> Decoded:
+    """Worker task: paths -> Decoded. Never raises for a bad file: it becomes that path's error.
+
+    `wish`: asked, when the task was made before the model's wish to read deskewed digits was known,
+    whether it is known now (the model loads while the first chunks are decoded)."""
     prepare = task.prepare or prepare_file
     batch = None
     if prepare is preprocess.prepare_file:
@@ -112,10 +115,11 @@ def decode_chunk(task: DecodeTask) -> Decoded:
     else:  # a caller's own `prepare`, one file at a time
         digits, counts, errors, warnings = _collect([_prepare_one(prepare, p, task) for p in task.paths],
                                                     task.multi_digit)
-    if task.deskew and len(digits):
+    wanted = task.deskew if task.deskew is not None or wish is None else wish()
+    if wanted and len(digits):
         digits = deskew(digits)  # the model was trained on deskewed digits
     return Decoded(np.ascontiguousarray(digits, np.uint8), counts, errors, warnings,
-                   deskew_settled=task.deskew is not None)
+                   deskew_settled=wanted is not None)
 
 
 def _collect(results: list, multi_digit: bool):
@@ -290,8 +294,9 @@ def _chunks(items: Iterator, size: int) -> Iterator[list]:
         yield chunk
 
 
-def _decode_worker(tasks, results, spawned: bool = False) -> None:
-    """A decode process: tasks from its own queue, results into its own pipe, until None."""
+def _decode_worker(tasks, results, wish, spawned: bool = False) -> None:
+    """A decode process: tasks from its own queue, results into its own pipe, until None. `wish`: a
+    shared byte, the model's wish to read deskewed digits (-1 while it is not known, then 0 or 1)."""
     # Ctrl-C is the main process's to handle: it stops the workers and keeps the rows done so far;
     # SIGTERM (how it stops them) ends a worker at once, whatever handler the main process had.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -303,7 +308,7 @@ def _decode_worker(tasks, results, spawned: bool = False) -> None:
         if task is None:
             return
         try:
-            reply = (True, decode_chunk(pickle.loads(task)))
+            reply = (True, decode_chunk(pickle.loads(task), lambda: None if wish.value < 0 else bool(wish.value)))
         except Exception as exc:  # decode_chunk turns a bad file into an error row; this is a bug
             reply = (False, f"{type(exc).__name__}: {exc}")
         results.send(reply)
@@ -333,18 +338,24 @@ class Decoder:
             # the forks: a child must never reconfigure a thread pool whose threads it did not inherit.
             threads = cv2.getNumThreads()
             cv2.setNumThreads(1)
+            self.wish = ctx.RawValue("b", -1)
             for _ in range(workers):
                 tasks = ctx.Queue()
                 receive, send = ctx.Pipe(duplex=False)
                 _widen_pipe(send.fileno())
-                proc = ctx.Process(target=_decode_worker, args=(tasks, send, method == "spawn"), daemon=True,
-                                   name="mnist-infer-decode")
+                proc = ctx.Process(target=_decode_worker, args=(tasks, send, self.wish, method == "spawn"),
+                                   daemon=True, name="mnist-infer-decode")
                 proc.start()
                 send.close()  # the worker holds the only write end: its death is an end of file here
                 self.procs.append(proc)
                 self.queues.append(tasks)
                 self.conns.append(receive)
             cv2.setNumThreads(threads)
+
+    def tell_wish(self, deskew: bool) -> None:
+        """The model's wish to read deskewed digits, now known: workers apply it to the chunks in hand."""
+        if self.procs:
+            self.wish.value = int(deskew)
 
     def stream(self, tasks: Iterator[DecodeTask]) -> Iterator[Decoded]:
         """Results of decode_chunk over `tasks`, in order. With workers, the first tasks are submitted
@@ -468,7 +479,8 @@ def classify_batches(
     decoder = Decoder(workers)
     pending_paths: deque = deque()
     # The model's wish to read deskewed digits, once it is loaded: chunks submitted from then on are
-    # deskewed in the workers; the first few, submitted while the model loads, here.
+    # deskewed in the workers, and so are those in hand when it becomes known; the few decoded
+    # before, here.
     wish: list[bool | None] = [None]
 
     def tasks() -> Iterator[DecodeTask]:
@@ -481,6 +493,7 @@ def classify_batches(
         if not hasattr(classifier, "predict"):
             classifier = classifier()
         wish[0] = bool(getattr(classifier, "deskew", False))
+        decoder.tell_wish(wish[0])
         for decoded in results:
             yield score(pending_paths.popleft(), decoded, classifier, options, label_of)
     except BaseException:
