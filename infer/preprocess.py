@@ -158,10 +158,13 @@ def _decode(data: bytes, mode: str, jpeg_side: int) -> tuple[np.ndarray, int]:
     return _working_size(grey), scale
 
 
+_READ_FLAGS = os.O_RDONLY | getattr(os, "O_BINARY", 0)  # Windows: no newline translation
+
+
 def _read_file(path: str | os.PathLike) -> bytes | None:
     """The file's bytes (None: larger than READ_WHOLE_BYTES), with OS errors as one-line ImageErrors."""
     try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
+        fd = os.open(path, _READ_FLAGS)
         try:
             size = os.fstat(fd).st_size
             if size > READ_WHOLE_BYTES:
@@ -185,13 +188,16 @@ def _read_file(path: str | os.PathLike) -> bytes | None:
         raise ImageError(f"cannot read: {exc.strerror or exc}") from None
 
 
+_IHDR = struct.Struct(">IIBB")  # a PNG's width, height, bit depth and colour type, at byte 16
+
+
 def _decode_png(data: bytes) -> np.ndarray | None:
     """A PNG's grey pixels by OpenCV: 8-bit RGB and greyscale or palette at any bit depth, complete
     (ending with IEND), without transparency or EXIF. None: Pillow reads it (16-bit, alpha, tRNS,
     eXIf, truncated or damaged files, whose errors Pillow words)."""
     if len(data) < 33 or data[12:16] != b"IHDR":
         return None
-    w, h, depth, colour = struct.unpack(">IIBB", data[16:26])
+    w, h, depth, colour = _IHDR.unpack_from(data, 16)
     if w * h > MAX_PIXELS:
         raise _too_large(w * h)
     if (w * h == 0 or colour not in (0, 2, 3) or (colour == 2 and depth != 8) or depth > 8
@@ -562,8 +568,12 @@ def _ink_is_dark_many(flat: np.ndarray) -> np.ndarray:
     """ink_is_dark for each row of uint8 [n,m] (one image's pixels a row) -> bool [n], in one call."""
     m = flat.shape[1]
     k = max(1, m // 2000)  # the k-th most extreme pixel: a few hot pixels do not decide
-    ranks = (k - 1, m // 2, m - k)
-    lo, med, hi = np.partition(flat, ranks, axis=1)[:, ranks].astype(int).T
+    if k == 1:  # the extremes themselves: a selection for the median only
+        lo, hi = flat.min(axis=1).astype(int), flat.max(axis=1).astype(int)
+        med = np.partition(flat, m // 2, axis=1)[:, m // 2].astype(int)
+    else:
+        ranks = (k - 1, m // 2, m - k)
+        lo, med, hi = np.partition(flat, ranks, axis=1)[:, ranks].astype(int).T
     return med - lo >= hi - med
 
 
