@@ -30,6 +30,7 @@ Table 2, per-stage cost in microseconds per image, one process, on `--stage-file
   model    Classifier.predict on chunks of 256                                   main process
   rows     infer.pipeline.score (less the model) and the CSV writer              main process
 and what the main process's share caps the rate at: 1 / (list + ipc + model + rows) images/s.
+Also: `mnist-infer --help`, median of 7 runs (it must not load the heavy libraries).
 """
 from __future__ import annotations
 
@@ -201,16 +202,16 @@ class _TimedClassifier:
 
 
 def stage_costs(folder: Folder, model: str, files: int) -> dict[str, float]:
-    """Microseconds per image of each stage on the first `files` files of the folder (best of 3 passes)."""
+    """Microseconds per image of each stage, on `files` files spread over the folder (best of 3 passes)."""
     import cv2
 
+    from infer.contract import LABELS
     from infer.engine import Classifier
     from infer.evaluate import folder_labeller
     from infer.files import list_images
     from infer.output import RowWriter
     from infer.pipeline import ClassifyOptions, DecodeTask, decode_chunk, score
     from infer.preprocess import read_grey
-    from infer.contract import LABELS
 
     cv2.setNumThreads(1)  # as in the decode workers
     t = time.perf_counter()
@@ -280,6 +281,7 @@ def main() -> None:
         for pipeline in ("naive", "mnist-infer"):
             acc[folder.key, pipeline] = accuracy(OUT / f"rows-{folder.key}-{pipeline}.csv")
     stages = {folder.key: stage_costs(folder, args.model, args.stage_files) for folder in folders}
+    helps = [timed([exe, "--help"]).seconds for _ in range(7)]
 
     print(f"\nmnist-infer against the naive pipeline on {os.cpu_count()} CPU cores: process start to finished CSV, "
           f"medians of {args.repeats} runs\n")
@@ -292,10 +294,11 @@ def main() -> None:
             secs = statistics.median(r.seconds for r in rs)
             share = statistics.median(r.cpu_main / max(r.cpu_total, 1e-9) for r in rs)
             ratio = f"**{base / secs:.2f}x**" if pipeline != "naive" else "1.00x"
+            right, errors = acc[folder.key, pipeline]
             print(f"| {folder.name} | {pipeline} | {secs:.2f} | {folder.count / secs:,.0f} | {ratio} "
-                  f"| {max(r.peak_mb for r in rs):.0f} MB | {100 * share:.0f}% | {100 * acc[folder.key, pipeline][0]:.2f}% "
-                  f"| {acc[folder.key, pipeline][1]} |")
+                  f"| {max(r.peak_mb for r in rs):.0f} MB | {100 * share:.0f}% | {100 * right:.2f}% | {errors} |")
 
+    print(f"\nmnist-infer --help: median {statistics.median(helps):.3f} s of 7 runs")
     print("\nmnist-infer's main process in those runs (CPU seconds per image, start-up included), and the rate "
           "at which it alone would keep up:\n")
     for folder in folders:

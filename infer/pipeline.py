@@ -303,12 +303,16 @@ def _decode_worker(tasks, results, wish, spawned: bool = False) -> None:
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     if spawned:  # a fresh process (not forked): its OpenCV is its own to set (see Decoder)
         cv2.setNumThreads(1)
+
+    def wished() -> bool | None:
+        return None if wish.value < 0 else bool(wish.value)
+
     while True:
         task = tasks.get()
         if task is None:
             return
         try:
-            reply = (True, decode_chunk(pickle.loads(task), lambda: None if wish.value < 0 else bool(wish.value)))
+            reply = (True, decode_chunk(pickle.loads(task), wished))
         except Exception as exc:  # decode_chunk turns a bad file into an error row; this is a bug
             reply = (False, f"{type(exc).__name__}: {exc}")
         results.send(reply)

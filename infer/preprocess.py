@@ -4,11 +4,14 @@ MNIST digits are white ink on black, the digit fitted in a 20x20 box keeping its
 placed in 28x28 so that its centre of mass is at the centre. Real images are black ink on white
 paper, any size, off-centre, in any mode. `prepare_file` makes the one look like the other:
 
-    decode (JPEG at reduced scale) -> EXIF orientation -> grey (alpha composited, 16-bit scaled)
+    decode (OpenCV for PNG and JPEG, JPEG at reduced scale; Pillow for the rest) -> EXIF orientation
+    -> grey (alpha composited, 16-bit scaled)
     -> `prepare`: the pipeline of named steps below (paper, rules, components, strokes, 20x20 box)
 
 An image that already is MNIST-format (28x28, black border, digit within 20x20, centred by mass)
-passes through unchanged, so MNIST's own digits score exactly what the test set scores.
+passes through unchanged, so MNIST's own digits score exactly what the test set scores; one that is
+but for a shift or its polarity is centred by whole pixels (`centre_by_shift`). `prepare_files` and
+`prepare_many` do the same for many images at once, the tiny ones as one array.
 """
 from __future__ import annotations
 
@@ -366,6 +369,8 @@ def _read_with_pillow(source: BinaryIO, mode: str) -> np.ndarray:
 # real-world situation it exists for and which generated kind in bench/real_world_kinds.py shows it):
 #
 #     is_mnist_format        MNIST's own digits pass through untouched (exact test-set scores)
+#     centre_by_shift        28x28 digits made as MNIST's but off-centre or inverted: moved by whole pixels
+#                            (these two on a whole chunk's tiny images at once: `mnist_layout_small`)
 #     to_working_size        large scans and photos reduced to WORK_SIDE px (area averaging)
 #     ink_is_dark            polarity: the paper is the bulk of the pixels, the ink the far tail
 #     subtract_paper         a local paper level (shadows, vignettes, dark photo corners) taken away
