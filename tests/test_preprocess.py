@@ -548,6 +548,11 @@ def test_histogram_ranks_are_the_partition_ranks():
         n, k = flat.size, max(1, flat.size // 2000)
         lo, med, hi = np.partition(flat, (k - 1, n // 2, n - k))[[k - 1, n // 2, n - k]].astype(int)
         assert ink_is_dark(grey) == (med - lo >= hi - med)
+        if grey.size <= 1 << 15:  # and the whole-stack form, on stacks of images of this size
+            from infer.preprocess import _ink_is_dark_many
+
+            stack = np.stack([grey, 255 - grey, np.roll(grey, 3)])
+            assert _ink_is_dark_many(stack.reshape(3, -1)).tolist() == [ink_is_dark(g) for g in stack]
         border = np.concatenate((grey[0], grey[-1], grey[1:-1, 0], grey[1:-1, -1]))
         q = np.partition(border, (border.size // 4, border.size // 2))
         even = _even_paper(grey)
