@@ -107,6 +107,34 @@ def write_realistic_set(out: Path, images: np.ndarray, labels: np.ndarray, per_k
     return counts
 
 
+def shifted_inverted(images: np.ndarray, n: int, seed: int = 0, max_shift: int = 2) -> tuple[np.ndarray, np.ndarray]:
+    """n MNIST digits as users' tiny PNGs look: each of `images` in turn (index i % len(images)), shifted
+    by up to `max_shift` px in each direction (zeros shifted in), half of them inverted (black ink on
+    white), seeded. Returns (uint8 [n,28,28], the source index of each [n])."""
+    rng = np.random.default_rng(seed)
+    index = np.arange(n) % len(images)
+    shifts = rng.integers(-max_shift, max_shift + 1, size=(n, 2))
+    inverted = rng.random(n) < 0.5
+    out = np.zeros((n, 28, 28), np.uint8)
+    m = max_shift
+    padded = np.pad(images, ((0, 0), (m, m), (m, m)))
+    for k, (i, (dy, dx)) in enumerate(zip(index, shifts)):
+        out[k] = padded[i, m - dy : m - dy + 28, m - dx : m - dx + 28]
+    out[inverted] = 255 - out[inverted]
+    return out, index
+
+
+def write_shifted_inverted_pngs(out: Path, images: np.ndarray, labels: np.ndarray, n: int, per_folder: int = 1000,
+                                seed: int = 0) -> None:
+    """`shifted_inverted` digits as PNG files, `per_folder` a folder: out/<folder>/<n>-<label>.png."""
+    digits, index = shifted_inverted(images, n, seed)
+    for k in range(n):
+        folder = out / f"{k // per_folder:04d}"
+        if k % per_folder == 0:
+            folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(digits[k]).save(folder / f"{k:07d}-{int(labels[index[k]])}.png")
+
+
 def write_mnist_pngs(out: Path, images: np.ndarray, labels: np.ndarray) -> None:
     """MNIST digits as PNG files in label folders, named by their test-set index."""
     for i, (img, label) in enumerate(zip(images, labels)):

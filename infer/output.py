@@ -11,11 +11,14 @@ from __future__ import annotations
 
 import csv
 import io
+import itertools
 import json
 import os
 import re
 from dataclasses import dataclass
 from typing import BinaryIO, Callable, Iterator, Sequence
+
+import numpy as np
 
 FORMATS = ("csv", "jsonl")
 
@@ -48,6 +51,7 @@ def escape_paths(texts: Sequence[str]) -> list[str]:
 
 
 _ESCAPE = re.compile(r"\\(\\|x[0-9a-fA-F]{2})")
+_NEEDS_QUOTES = re.compile(r'[,"\r\n]')  # a field with one of these is quoted by the csv module
 
 
 def unescape_path(text: str) -> str:
@@ -102,8 +106,10 @@ class RowWriter:
         return n
 
     def _fields(self, batch, n: int):
-        errors = [i for i in range(n) if batch.error[i] is not None]
-        confidence = [f"{c:.6f}" for c in batch.confidence[:n].tolist()]
+        errors = np.flatnonzero(batch.counts[:n] == 0).tolist()  # a row without digits is an error row
+        # All the confidences in one formatting call (a C loop), then the error rows' blanked.
+        confidence: list = ("%.6f\n" * n % tuple(batch.confidence[:n].tolist())).split("\n", n - 1)
+        confidence[-1] = confidence[-1][:-1]
         for i in errors:
             confidence[i] = None
         top = digits = None
@@ -126,12 +132,16 @@ class RowWriter:
         if digits is not None:
             cols.append([" ".join(d) if d else "" for d in digits])
         cols += [[l or "" for l in batch.label[:n]], batch.warning[:n], error]
+        header = ",".join(self.columns) + "\n" if self.need_header else ""
+        self.need_header = False
+        if not _NEEDS_QUOTES.search("\0".join(["\0".join(c) for c in cols])):
+            # No field holds a comma, a quote or a line break: the rows are the fields joined by commas,
+            # as the csv module would write them, in one formatting call.
+            line = ",".join(["%s"] * len(cols)) + "\n"
+            return header + line * n % tuple(itertools.chain.from_iterable(zip(*cols)))
         buf = io.StringIO()
-        writer = csv.writer(buf, lineterminator="\n")
-        if self.need_header:
-            writer.writerow(self.columns)
-            self.need_header = False
-        writer.writerows(zip(*cols))
+        buf.write(header)
+        csv.writer(buf, lineterminator="\n").writerows(zip(*cols))
         return buf.getvalue()
 
     def _jsonl(self, batch, n: int) -> str:

@@ -22,13 +22,21 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Iterator, Sequence
 
+try:
+    import fcntl
+except ImportError:  # Windows: pipes keep their default size
+    fcntl = None
+
+import cv2
 import numpy as np
 
+from infer import preprocess
 from infer.contract import DEFAULT_MIN_CONFIDENCE, IMAGE_SIZE, WARN_LOW_CONFIDENCE, WARNING_SEPARATOR
 from infer.files import Listed, list_images
 from infer.preprocess import ImageError, Prepared, deskew, prepare_file
 
 CHUNK = 256  # paths per worker task
+PIPE_BYTES = 1 << 20  # result pipe capacity asked for: a chunk of 256 digits is 200 kB
 INFLIGHT_PER_WORKER = 4
 
 
@@ -89,47 +97,72 @@ class Decoded:
     deskew_settled: bool  # the worker knew the model's wish and applied it (else the caller must)
 
 
-def decode_chunk(task: DecodeTask) -> Decoded:
-    """Worker task: paths -> Decoded. Never raises for a bad file: it becomes that path's error."""
+def decode_chunk(task: DecodeTask, wish: Callable[[], bool | None] | None = None) -> Decoded:
+    """Worker task: paths -> Decoded. Never raises for a bad file: it becomes that path's error.
+
+    `wish`: asked, when the task was made before the model's wish to read deskewed digits was known,
+    whether it is known now (the model loads while the first chunks are decoded)."""
     prepare = task.prepare or prepare_file
-    n = len(task.paths)
-    counts = np.zeros(n, np.int32)
-    digits = np.zeros((n, IMAGE_SIZE, IMAGE_SIZE), np.uint8)
+    batch = None
+    if prepare is preprocess.prepare_file:
+        try:  # its batched form: the chunk's tiny images are preprocessed together, as one array
+            batch = preprocess.prepare_files(task.paths, task.mode, multi_digit=task.multi_digit)
+        except Exception:  # an unexpected failure: redo the chunk one file at a time, to find whose
+            batch = None
+    if batch is not None:
+        digits, counts, warnings = batch.digits, batch.counts, batch.warnings
+        errors = {i: str(exc) for i, exc in batch.errors.items()}
+    else:  # a caller's own `prepare`, one file at a time
+        digits, counts, errors, warnings = _collect([_prepare_one(prepare, p, task) for p in task.paths],
+                                                    task.multi_digit)
+    wanted = task.deskew if task.deskew is not None or wish is None else wish()
+    if wanted and len(digits):
+        digits = deskew(digits)  # the model was trained on deskewed digits
+    return Decoded(np.ascontiguousarray(digits, np.uint8), counts, errors, warnings,
+                   deskew_settled=wanted is not None)
+
+
+def _collect(results: list, multi_digit: bool):
+    """Per-file Prepared objects (or the exceptions raised) -> (digits, counts, errors, warnings)."""
+    counts = np.zeros(len(results), np.int32)
     errors: dict[int, str] = {}
     warnings: dict[int, tuple[str, ...]] = {}
-    m = 0
-    for i, path in enumerate(task.paths):
-        try:
-            prepared = prepare(path, task.mode, multi_digit=task.multi_digit)
-        except ImageError as exc:
-            errors[i] = str(exc)
-            continue
-        except MemoryError:
-            errors[i] = "out of memory while decoding"
-            continue
-        except OSError as exc:
-            errors[i] = f"cannot read: {exc.strerror or exc}"
-            continue
-        except Exception as exc:  # a decoder bug must cost one row, not the run
-            errors[i] = f"cannot decode: {type(exc).__name__}: {exc}"
+    parts = []
+    for i, prepared in enumerate(results):
+        if isinstance(prepared, BaseException):
+            errors[i] = _error_text(prepared)
             continue
         # One image is one digit unless several were asked for (prepare's contract; kept here for any
         # `prepare` passed in, so that both engines make the same rows).
-        k = len(prepared.digits) if task.multi_digit else min(1, len(prepared.digits))
+        k = len(prepared.digits) if multi_digit else min(1, len(prepared.digits))
         if k == 0:
             errors[i] = "no digit found"
             continue
-        if m + k > len(digits):  # several digits in one image: grow
-            digits = np.concatenate([digits, np.zeros((max(n, k), IMAGE_SIZE, IMAGE_SIZE), np.uint8)])
-        digits[m : m + k] = prepared.digits[:k]
+        parts.append(prepared.digits[:k])
         counts[i] = k
-        m += k
         if prepared.warnings:
             warnings[i] = tuple(prepared.warnings)
-    digits = digits[:m]
-    if task.deskew and m:
-        digits = deskew(digits)  # the model was trained on deskewed digits
-    return Decoded(digits, counts, errors, warnings, deskew_settled=task.deskew is not None)
+    digits = np.concatenate(parts) if parts else np.zeros((0, IMAGE_SIZE, IMAGE_SIZE), np.uint8)
+    return digits, counts, errors, warnings
+
+
+def _prepare_one(prepare: Callable[..., Prepared], path: str, task: DecodeTask) -> Prepared | BaseException:
+    """One file through `prepare`, any failure returned as the value (a bad file costs its row only)."""
+    try:
+        return prepare(path, task.mode, multi_digit=task.multi_digit)
+    except Exception as exc:  # a decoder bug must cost one row, not the run
+        return exc
+
+
+def _error_text(exc: BaseException) -> str:
+    """The error column for a file whose preprocessing raised `exc`."""
+    if isinstance(exc, ImageError):
+        return str(exc)
+    if isinstance(exc, MemoryError):
+        return "out of memory while decoding"
+    if isinstance(exc, OSError):
+        return f"cannot read: {exc.strerror or exc}"
+    return f"cannot decode: {type(exc).__name__}: {exc}"
 
 
 @dataclass
@@ -192,12 +225,15 @@ def score(paths: Sequence[str], decoded: Decoded, classifier, options: ClassifyO
     digits = decoded.digits
     if len(digits) and not decoded.deskew_settled and getattr(classifier, "deskew", False):
         digits = deskew(digits)  # decoded before the model's wish was known
-    if len(digits):
-        probs = np.asarray(classifier.predict(digits.astype(np.float32) / np.float32(255.0)))
+    if len(digits):  # pixels in [0, 1], as infer.preprocess.to_model_input makes them (in one pass)
+        probs = np.asarray(classifier.predict(np.divide(digits, np.float32(255.0), dtype=np.float32)))
     else:
         probs = np.zeros((0, len(labels)), np.float32)
     k = max(1, min(options.top_k, len(labels)))
-    order = np.argsort(-probs, axis=1, kind="stable")[:, :k]  # [m,k]
+    if k == 1:  # the most likely class: the first of equals, as a stable sort would give
+        order = probs.argmax(axis=1)[:, None]
+    else:
+        order = np.argsort(-probs, axis=1, kind="stable")[:, :k]  # [m,k]
     order_p = np.take_along_axis(probs, order, axis=1).astype(np.float32)
     starts = np.cumsum(counts) - counts
     ok = counts > 0
@@ -258,18 +294,25 @@ def _chunks(items: Iterator, size: int) -> Iterator[list]:
         yield chunk
 
 
-def _decode_worker(tasks, results) -> None:
-    """A decode process: tasks from its own queue, results into its own pipe, until None."""
+def _decode_worker(tasks, results, wish, spawned: bool = False) -> None:
+    """A decode process: tasks from its own queue, results into its own pipe, until None. `wish`: a
+    shared byte, the model's wish to read deskewed digits (-1 while it is not known, then 0 or 1)."""
     # Ctrl-C is the main process's to handle: it stops the workers and keeps the rows done so far;
     # SIGTERM (how it stops them) ends a worker at once, whatever handler the main process had.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    if spawned:  # a fresh process (not forked): its OpenCV is its own to set (see Decoder)
+        cv2.setNumThreads(1)
+
+    def wished() -> bool | None:
+        return None if wish.value < 0 else bool(wish.value)
+
     while True:
         task = tasks.get()
         if task is None:
             return
         try:
-            reply = (True, decode_chunk(pickle.loads(task)))
+            reply = (True, decode_chunk(pickle.loads(task), wished))
         except Exception as exc:  # decode_chunk turns a bad file into an error row; this is a bug
             reply = (False, f"{type(exc).__name__}: {exc}")
         results.send(reply)
@@ -292,17 +335,31 @@ class Decoder:
         if workers > 0:
             # All workers are forked here, before this process starts any thread (queue feeders,
             # ONNX Runtime, a progress bar).
-            ctx = multiprocessing.get_context("fork" if sys.platform.startswith("linux") else "spawn")
+            method = "fork" if sys.platform.startswith("linux") else "spawn"
+            ctx = multiprocessing.get_context(method)
+            # Each worker runs OpenCV on one thread: the workers are the parallelism, and OpenCV's
+            # pool costs more than it gives on images this small. Set here, in this process, around
+            # the forks: a child must never reconfigure a thread pool whose threads it did not inherit.
+            threads = cv2.getNumThreads()
+            cv2.setNumThreads(1)
+            self.wish = ctx.RawValue("b", -1)
             for _ in range(workers):
                 tasks = ctx.Queue()
                 receive, send = ctx.Pipe(duplex=False)
-                proc = ctx.Process(target=_decode_worker, args=(tasks, send), daemon=True,
-                                   name="mnist-infer-decode")
+                _widen_pipe(send.fileno())
+                proc = ctx.Process(target=_decode_worker, args=(tasks, send, self.wish, method == "spawn"),
+                                   daemon=True, name="mnist-infer-decode")
                 proc.start()
                 send.close()  # the worker holds the only write end: its death is an end of file here
                 self.procs.append(proc)
                 self.queues.append(tasks)
                 self.conns.append(receive)
+            cv2.setNumThreads(threads)
+
+    def tell_wish(self, deskew: bool) -> None:
+        """The model's wish to read deskewed digits, now known: workers apply it to the chunks in hand."""
+        if self.procs:
+            self.wish.value = int(deskew)
 
     def stream(self, tasks: Iterator[DecodeTask]) -> Iterator[Decoded]:
         """Results of decode_chunk over `tasks`, in order. With workers, the first tasks are submitted
@@ -379,6 +436,18 @@ class Decoder:
         self.procs, self.queues, self.conns = [], [], []
 
 
+def _widen_pipe(fd: int) -> None:
+    """Let a result pipe hold a whole chunk's digits (Linux; 64 kB by default): the worker writes it in
+    one go and the main process reads it in one call, instead of a dozen wake-ups each."""
+    size = getattr(fcntl, "F_SETPIPE_SZ", None) if fcntl else None
+    if size is None:
+        return
+    try:
+        fcntl.fcntl(fd, size, PIPE_BYTES)
+    except OSError:  # above the system's pipe-max-size for this user: the default will do
+        pass
+
+
 def default_workers() -> int:
     try:
         return max(1, len(os.sched_getaffinity(0)))
@@ -414,7 +483,8 @@ def classify_batches(
     decoder = Decoder(workers)
     pending_paths: deque = deque()
     # The model's wish to read deskewed digits, once it is loaded: chunks submitted from then on are
-    # deskewed in the workers; the first few, submitted while the model loads, here.
+    # deskewed in the workers, and so are those in hand when it becomes known; the few decoded
+    # before, here.
     wish: list[bool | None] = [None]
 
     def tasks() -> Iterator[DecodeTask]:
@@ -427,6 +497,7 @@ def classify_batches(
         if not hasattr(classifier, "predict"):
             classifier = classifier()
         wish[0] = bool(getattr(classifier, "deskew", False))
+        decoder.tell_wish(wish[0])
         for decoded in results:
             yield score(pending_paths.popleft(), decoded, classifier, options, label_of)
     except BaseException:

@@ -115,6 +115,79 @@ def test_order_is_sorted_and_independent_of_batching(odd_folder, exported):
     assert paths == sorted(paths, key=lambda p: Path(p).relative_to(odd_folder).parts)
 
 
+@pytest.fixture(scope="module")
+def mixed_folder(tmp_path_factory, mnist) -> Path:
+    """What the fast paths see, mixed with what they leave to the full steps: MNIST PNGs, off-centre
+    and inverted ones, 28x28 digits on noisy paper, JPEG scans, ruled pages, errors and a skipped file."""
+    from bench.realistic import jpeg, scan_like, shifted_inverted
+
+    root = tmp_path_factory.mktemp("mixed")
+    images = mnist.test_images.numpy()
+    moved, _ = shifted_inverted(images, 40, seed=5)
+    rng = np.random.default_rng(5)
+    for i in range(40):
+        folder = root / f"f{i % 3}"
+        folder.mkdir(exist_ok=True)
+        (folder / f"{i:03d}-mnist.png").write_bytes(_png_bytes(images[i]))
+        (folder / f"{i:03d}-moved.png").write_bytes(_png_bytes(moved[i]))
+        noisy = np.clip(moved[i].astype(int) + rng.integers(-20, 21, (28, 28)), 0, 255).astype(np.uint8)
+        (folder / f"{i:03d}-noisy.png").write_bytes(_png_bytes(noisy))
+        (folder / f"{i:03d}-scan.jpg").write_bytes(jpeg(scan_like(images[i], rng, 256, 4.0), 85))
+        if i % 10 == 0:
+            page = np.asarray(scan_like(images[i], rng, 300, 2.0)).copy()
+            page[::24] = 120  # ruled paper
+            (folder / f"{i:03d}-ruled.jpg").write_bytes(jpeg(Image.fromarray(page), 90))
+            (folder / f"{i:03d}-broken.png").write_bytes(_png_bytes(images[i])[:60])
+            (folder / f"{i:03d}-notes.txt").write_text("not an image")
+            (folder / f"{i:03d}-blank.png").write_bytes(_png_bytes(np.full((28, 28), 255, np.uint8)))
+    return root
+
+
+@pytest.mark.parametrize("fmt", ["csv", "jsonl"])
+def test_rows_are_the_same_for_any_batch_size_and_worker_count(mixed_folder, exported, fmt):
+    runs = [run([mixed_folder, "-m", exported, "-q", "--format", fmt, "--workers", str(w), "--batch-size", str(b),
+                 "--top-k", "2"]) for w, b in ((0, 1), (0, 7), (2, 3), (2, 256), (1, 64))]
+    assert all(r.exit_code == 1 for r in runs)  # the broken and the blank files
+    assert all(r.stdout == runs[0].stdout for r in runs)
+    lines = runs[0].stdout.splitlines()
+    assert len(lines) == 40 * 4 + 4 * 3 * 1 + (fmt == "csv")  # every image, each once; .txt skipped
+    errors = [line for line in lines if "cannot decode" in line or "no digit found" in line]
+    assert len(errors) == 8
+
+
+def test_listing_keeps_skipped_files_in_their_place(tmp_path):
+    from infer.files import walk_images
+
+    names = ["a.png", "b.txt", "c.PNG", "d", "e.jpg", "f.jpeg", "g.tar.gz", "h.TIFF", ".hidden.png"]
+    for name in names:
+        (tmp_path / name).write_bytes(b"x")
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "z.png").write_bytes(b"x")
+    (tmp_path / "zz.gif").write_bytes(b"x")
+    got = [(Path(item.path).name, item.skipped is not None) for item in walk_images([tmp_path])]
+    assert got == [("a.png", False), ("b.txt", True), ("c.PNG", False), ("d", True), ("e.jpg", False),
+                   ("f.jpeg", False), ("g.tar.gz", True), ("h.TIFF", False), ("z.png", False), ("zz.gif", False)]
+
+
+def test_csv_rows_are_quoted_as_the_csv_module_quotes(tmp_path, exported, mnist):
+    names = ["plain.png", "a,comma.png", 'a "quote".png', "new\nline.png", "tab\there.png", "café.png"]
+    for name in names:
+        (tmp_path / name).write_bytes(_png_bytes(mnist.test_images.numpy()[0]))
+    (tmp_path / "bad,one.png").write_bytes(b"broken")
+    text = run([tmp_path, "-m", exported, "-q", "--workers", "0"]).stdout
+    table = list(csv.reader(io.StringIO(text)))
+    assert table[0] == ["path", "prediction", "confidence", "label", "warning", "error"]
+    assert sorted(Path(r[0]).name for r in table[1:]) == sorted(names + ["bad,one.png"])
+    assert all(len(r) == 6 for r in table)
+    bad = next(r for r in table[1:] if r[0].endswith("bad,one.png"))
+    assert bad[1] == "" and bad[5] == "not an image Pillow can read"
+    # a batch without any of them is written without quotes, as the csv module writes it
+    plain = run([tmp_path / "plain.png", "-m", exported, "-q"]).stdout
+    buf = io.StringIO()
+    csv.writer(buf, lineterminator="\n").writerows(csv.reader(io.StringIO(plain)))
+    assert plain == buf.getvalue() and '"' not in plain
+
+
 def test_strict_stops_and_leaves_no_file(odd_folder, exported, tmp_path):
     out = tmp_path / "out.csv"
     result = run([odd_folder / "bad", "-m", exported, "--strict", "-o", out, "--workers", "0"])

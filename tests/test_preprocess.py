@@ -18,7 +18,8 @@ from infer import contract as C
 from infer.engine import Classifier
 from infer.preprocess import (FAINT_CONTRAST, ImageError, crop_digit, deskew, fit_and_centre, ink_is_dark, ink_level,
                               is_mnist_format, keep_digit_components, normalise_contrast, normalise_strokes, prepare,
-                              prepare_file, remove_rules, stroke_width, subtract_paper, to_mnist, to_model_input)
+                              prepare_file, read_grey, remove_rules, stroke_width, subtract_paper, to_mnist,
+                              to_model_input)
 
 ROOT = Path(__file__).resolve().parent.parent
 SHIPPED = ROOT / "infer" / "models" / "default.onnx"
@@ -378,3 +379,286 @@ def test_warnings_fire_on_their_kind_and_not_on_clean_scans(kinds_read):
     quiet = Counter(code for name in ("scan", "photo", "exif-rotated", "coloured-ink", "inverted")
                     for _, _, warned, _ in kinds_read[name] for code in warned)
     assert sum(quiet.values()) <= 1, quiet  # clean scans and photos: nothing to check by hand
+
+
+# --- decoding: OpenCV for PNG and JPEG, Pillow for the rest, the same grey levels -------------------
+
+
+def _pillow_grey(data: bytes, mode: str = "mnist") -> np.ndarray:
+    """The reference: the file read by Pillow alone (its draft mode for JPEGs, EXIF, alpha, 16-bit)."""
+    import io
+
+    from infer.preprocess import _read_with_pillow
+
+    return _read_with_pillow(io.BytesIO(data), mode)
+
+
+def _encoded(img: Image.Image, fmt: str, **save) -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    img.save(buf, fmt, **save)
+    return buf.getvalue()
+
+
+def _decode_cases(digit: np.ndarray) -> dict[str, tuple[bytes, bool]]:
+    """name -> (file bytes, whether OpenCV decodes it): every mode the decoder meets."""
+    page = 255 - np.pad(digit, 30)
+    rgb = np.stack([page, np.roll(page, 3, 1), page // 2 + 100], axis=-1).astype(np.uint8)
+    rgba = np.zeros((*digit.shape, 4), np.uint8)
+    rgba[..., 3] = digit
+    grey = Image.fromarray(page)
+    return {
+        "png L": (_encoded(grey, "PNG"), True),
+        "png L interlaced": (_encoded(grey, "PNG", interlace=1), True),
+        "png 1-bit": (_encoded(grey.convert("1"), "PNG"), True),
+        "png RGB": (_encoded(Image.fromarray(rgb), "PNG"), True),
+        "png P": (_encoded(Image.fromarray(rgb).convert("P"), "PNG"), True),
+        "png P with transparency": (_encoded(grey.convert("P"), "PNG", transparency=255), False),
+        "png L with transparency": (_encoded(grey, "PNG", transparency=0), False),
+        "png RGBA": (_encoded(Image.fromarray(rgba, "RGBA"), "PNG"), False),
+        "png LA": (_encoded(Image.fromarray(rgba, "RGBA").convert("LA"), "PNG"), False),
+        "png 16-bit": (_encoded(Image.fromarray(page.astype(np.uint16) * 257), "PNG"), False),
+        "jpeg L": (_encoded(grey.resize((300, 300)), "JPEG", quality=90), True),
+        "jpeg RGB": (_encoded(Image.fromarray(rgb).resize((300, 300)), "JPEG", quality=90), True),
+        "jpeg progressive": (_encoded(grey.resize((300, 300)), "JPEG", quality=90, progressive=True), True),
+        "jpeg small": (_encoded(grey, "JPEG", quality=90), True),
+        "jpeg CMYK": (_encoded(Image.fromarray(rgb).convert("CMYK"), "JPEG", quality=95), False),
+        "bmp": (_encoded(grey, "BMP"), False),
+        "gif": (_encoded(grey.convert("P"), "GIF"), False),
+        "tiff 1-bit": (_encoded(grey.convert("1"), "TIFF"), False),
+        "webp": (_encoded(grey, "WEBP", lossless=True), False),
+    }
+
+
+def test_opencv_decodes_png_and_jpeg_as_pillow_does(mnist, monkeypatch):
+    import io
+
+    from infer import preprocess
+
+    decoded_by_opencv = []
+    real_imdecode = cv2.imdecode
+    monkeypatch.setattr(preprocess.cv2, "imdecode", lambda *a: decoded_by_opencv.append(1) or real_imdecode(*a))
+    for name, (data, by_opencv) in _decode_cases(mnist.test_images.numpy()[0]).items():
+        for mode in ("mnist", "none"):
+            decoded_by_opencv.clear()
+            got, want = read_grey(io.BytesIO(data), mode), _pillow_grey(data, mode)
+            assert bool(decoded_by_opencv) == by_opencv, (name, mode)
+            assert got.shape == want.shape and got.dtype == np.uint8, (name, mode, got.shape, want.shape)
+            # Grey files and JPEGs decoded for the MNIST steps (libjpeg's luma, both): the same pixels.
+            # Colour PNGs: OpenCV's and Pillow's RGB -> grey roundings differ by one level in a few
+            # pixels. A colour JPEG in mode 'none': OpenCV keeps libjpeg's luma, Pillow converts its
+            # RGB decode back to grey, a few levels apart at sharp colour edges.
+            diff = np.abs(got.astype(int) - want)
+            if name == "jpeg RGB" and mode == "none":
+                assert diff.mean() < 0.5 and diff.max() <= 12, (name, mode)
+            else:
+                assert diff.max() <= (1 if name in ("png RGB", "png P") else 0), (name, mode)
+
+
+def test_exif_orientation_is_applied_as_pillow_applies_it(mnist):
+    import io
+
+    from PIL import ImageOps
+
+    page = Image.fromarray(255 - np.pad(mnist.test_images.numpy()[7], (20, 40)))  # not symmetric
+    for orientation in range(1, 9):
+        exif = Image.Exif()
+        exif[0x0112] = orientation
+        data = _encoded(page, "JPEG", quality=95, exif=exif)
+        want = np.asarray(ImageOps.exif_transpose(Image.open(io.BytesIO(data))).convert("L"))
+        got = read_grey(io.BytesIO(data), "none")
+        assert got.shape == want.shape and np.abs(got.astype(int) - want).max() <= 1, orientation
+
+
+def test_truncated_and_damaged_files_are_one_line_errors(mnist):
+    import io
+
+    from infer.preprocess import MAX_PIXELS
+
+    cases = _decode_cases(mnist.test_images.numpy()[0])
+    for name in ("png L", "jpeg L", "png RGB"):
+        data = cases[name][0]
+        with pytest.raises(ImageError, match="cannot decode"):
+            read_grey(io.BytesIO(data[: len(data) // 2]))
+    with pytest.raises(ImageError, match="empty file"):
+        read_grey(io.BytesIO(b""))
+    with pytest.raises(ImageError, match="not an image"):
+        read_grey(io.BytesIO(b"this is not an image at all"))
+    # the size limit, from the header, before a pixel is decoded: a PNG and a JPEG header saying 200 MP
+    png = bytearray(cases["png L"][0])
+    png[16:24] = (20000).to_bytes(4, "big") + (10000).to_bytes(4, "big")
+    jpeg = bytearray(cases["jpeg L"][0])
+    sof = jpeg.index(b"\xff\xc0")
+    jpeg[sof + 5 : sof + 9] = (10000).to_bytes(2, "big") + (20000).to_bytes(2, "big")
+    for data in (png, jpeg):
+        with pytest.raises(ImageError) as err:
+            read_grey(io.BytesIO(bytes(data)))
+        assert str(err.value) == f"image is 200.0 MP, over the {MAX_PIXELS / 1e6:.0f}-megapixel limit; not decoded"
+
+
+def test_files_are_read_whole_from_paths_and_streams(tmp_path, mnist):
+    import io
+
+    data = _decode_cases(mnist.test_images.numpy()[3])["png RGB"][0]
+    (tmp_path / "a.png").write_bytes(data)
+    assert np.array_equal(read_grey(tmp_path / "a.png"), read_grey(io.BytesIO(data)))
+    with pytest.raises(ImageError, match="no such file"):
+        read_grey(tmp_path / "missing.png")
+    with pytest.raises(ImageError, match="is a folder"):
+        read_grey(tmp_path)
+
+
+# --- tiny digits: the whole chunk's first steps as one array -------------------------------------------
+
+
+def _deskew_reference_cv2(digit: np.ndarray) -> np.ndarray:
+    """deskew as it was written first: cv2.moments, one image at a time."""
+    m = cv2.moments(digit)
+    if m["m00"] <= 0:
+        return np.zeros_like(digit)
+    cy, cx = m["m01"] / m["m00"], m["m10"] / m["m00"]
+    alpha = m["mu11"] / m["mu02"] if m["mu02"] > 1e-6 else 0.0
+    matrix = np.array([[1.0, alpha, cx - 14 - alpha * 14], [0.0, 1.0, cy - 14]])
+    return cv2.warpAffine(digit, matrix, (28, 28), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+                          borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+
+
+def test_deskew_of_a_batch_is_bit_for_bit_cv2_moments(mnist):
+    from bench.realistic import shifted_inverted
+
+    rng = np.random.default_rng(0)
+    digits = np.concatenate([mnist.test_images.numpy()[:3000], shifted_inverted(mnist.test_images.numpy(), 1000)[0],
+                             (rng.random((500, 28, 28)) ** 3 * 255).astype(np.uint8), np.zeros((2, 28, 28), np.uint8)])
+    want = np.stack([_deskew_reference_cv2(d) for d in digits])
+    assert np.array_equal(deskew(digits), want)
+    assert np.array_equal(deskew(digits[5]), want[5])
+
+
+def test_histogram_ranks_are_the_partition_ranks():
+    from infer.preprocess import _even_paper, _ranked
+
+    rng = np.random.default_rng(1)
+    for _ in range(300):
+        h, w = rng.integers(3, 200, 2)
+        grey = (rng.random((h, w)) ** rng.uniform(0.2, 5) * 255).astype(np.uint8)
+        flat = grey.ravel()
+        ranks = sorted({0, flat.size // 3, flat.size // 2, flat.size - 1})
+        assert _ranked(flat, ranks) == np.partition(flat, ranks)[ranks].tolist()
+        n, k = flat.size, max(1, flat.size // 2000)
+        lo, med, hi = np.partition(flat, (k - 1, n // 2, n - k))[[k - 1, n // 2, n - k]].astype(int)
+        assert ink_is_dark(grey) == (med - lo >= hi - med)
+        if grey.size <= 1 << 15:  # and the whole-stack form, on stacks of images of this size
+            from infer.preprocess import _ink_is_dark_many
+
+            stack = np.stack([grey, 255 - grey, np.roll(grey, 3)])
+            assert _ink_is_dark_many(stack.reshape(3, -1)).tolist() == [ink_is_dark(g) for g in stack]
+        border = np.concatenate((grey[0], grey[-1], grey[1:-1, 0], grey[1:-1, -1]))
+        q = np.partition(border, (border.size // 4, border.size // 2))
+        even = _even_paper(grey)
+        assert even is None or even[0] == q[border.size // 2]
+
+
+def test_off_centre_and_inverted_digits_get_mnist_pixels_back(mnist):
+    from bench.realistic import shifted_inverted
+    from infer.preprocess import centre_by_shift, mnist_layout_small
+
+    images = mnist.test_images.numpy()
+    moved, index = shifted_inverted(images, 3000, seed=2)
+    taken, digits = mnist_layout_small(moved)
+    assert taken.all()
+    assert all(is_mnist_format(d) for d in digits)
+    # MNIST's own pixels back (but where the centre of mass sits half-way between two pixels, or the
+    # shift pushed a stroke out of the frame), and always the input's own pixels moved by whole pixels.
+    same = np.array([np.array_equal(d, o) for d, o in zip(digits, images[index])])
+    assert same.mean() > 0.95
+    for d, m in zip(digits[~same], moved[~same]):
+        ink = 255 - m if m[0, 0] == 255 else m
+        assert any(np.array_equal(np.roll(ink, (dy, dx), (0, 1)), d) for dy in range(-4, 5) for dx in range(-4, 5))
+    # what the shift does not take: noisy paper, grey paper, a digit wider than 20 px, a blank image
+    noisy = np.clip(moved[0].astype(int) + np.random.default_rng(0).integers(0, 12, (28, 28)), 0, 255)
+    wide = np.zeros((28, 28), np.uint8)
+    wide[10:14, 2:26] = 255
+    others = np.stack([noisy.astype(np.uint8), np.full((28, 28), 40, np.uint8), wide, np.zeros((28, 28), np.uint8)])
+    taken, digits = centre_by_shift(others)
+    assert not taken.any() and not digits.any()
+
+
+def test_the_shift_reads_tiny_digits_as_well_as_the_full_steps(mnist, shipped):
+    """On the images the shift takes, the answers are those of the full steps, or better."""
+    from bench.realistic import shifted_inverted
+    from infer.preprocess import _prepare_steps, _no_lap, mnist_layout_small
+
+    moved, index = shifted_inverted(mnist.test_images.numpy(), 1500, seed=3)
+    truth = mnist.test_labels.numpy()[index]
+    taken, digits = mnist_layout_small(moved)
+    full = []
+    for g in moved:  # the full steps drop a few thin digits as specks: an error row, a wrong answer
+        try:
+            full.append(_prepare_steps(g, False, _no_lap).digits[0])
+        except ImageError:
+            full.append(np.zeros((28, 28), np.uint8))
+    fast_said, full_said = read(shipped, digits), read(shipped, np.stack(full))
+    assert taken.all()
+    assert (fast_said == truth).mean() >= (full_said == truth).mean()
+    assert (fast_said == full_said).mean() >= 0.97
+    assert (fast_said == truth).mean() >= (read(shipped, mnist.test_images.numpy()[index]) == truth).mean() - 0.005
+
+
+def test_prepare_many_is_prepare_one_at_a_time(mnist):
+    from bench.realistic import shifted_inverted
+    from infer.preprocess import prepare_many
+
+    images = mnist.test_images.numpy()
+    page, _ = page_with(scaled(tight(images[1] / 255.0), 80))
+    noisy = np.clip(images[2].astype(int) + 30, 0, 255).astype(np.uint8)
+    greys = [images[0], shifted_inverted(images, 8, seed=4)[0][5], page, np.full((28, 28), 255, np.uint8), noisy,
+             np.full((60, 60), 200, np.uint8), 255 - images[4], images[5], np.zeros((2, 9), np.uint8)]
+    one_by_one = []
+    for g in greys:
+        try:
+            one_by_one.append(prepare(g))
+        except ImageError as exc:
+            one_by_one.append(exc)
+    for split in (1, 2, 4, len(greys)):
+        batch = []
+        for start in range(0, len(greys), split):
+            part = prepare_many(greys[start : start + split])
+            batch += [part[i] for i in range(len(part))]
+        for a, b in zip(one_by_one, batch):
+            if isinstance(a, ImageError):
+                assert isinstance(b, ImageError) and str(a) == str(b)
+            else:
+                assert np.array_equal(a.digits, b.digits) and a.warnings == b.warnings
+
+
+def test_a_page_with_lines_is_decoded_again_in_detail(shapes, monkeypatch):
+    """JPEGs decoded at a quarter of their size: a page with rules is decoded again at WORK_SIDE px."""
+    from bench.real_world_kinds import KINDS_BY_NAME
+    from infer import preprocess
+
+    sides = []
+    real = preprocess._decode
+    monkeypatch.setattr(preprocess, "_decode", lambda data, mode, side: sides.append(side) or real(data, mode, side))
+    ruled = [s for s in make_samples(KINDS_BY_NAME["ruled"], shapes, 12, seed=5) if s.ext == ".jpg"]
+    scans = [s for s in make_samples(KINDS_BY_NAME["scan"], shapes, 12, seed=5) if s.ext == ".jpg"]
+    assert ruled and scans
+    for s in scans:
+        sides.clear()
+        prepare_file(s.open())
+        assert sides == [preprocess.DRAFT_SIZE]  # plain paper: one decode, at reduced scale
+    again = 0
+    for s in ruled:
+        try:  # what the reduced decode alone gives
+            needs_detail = C.WARN_LINES_REMOVED in prepare(read_grey(s.open())).warnings
+        except ImageError:
+            continue
+        sides.clear()
+        prepared = prepare_file(s.open())
+        assert sides == ([preprocess.DRAFT_SIZE, preprocess.WORK_SIDE] if needs_detail else [preprocess.DRAFT_SIZE])
+        if needs_detail:  # the answer is the detailed decode's
+            finer = prepare(preprocess._decode(s.data, "mnist", preprocess.WORK_SIDE)[0])
+            assert np.array_equal(prepared.digits, finer.digits) and prepared.warnings == finer.warnings
+        assert np.array_equal(preprocess.prepare_files([s.open()])[0].digits, prepared.digits)
+        again += needs_detail
+    assert again >= len(ruled) // 2
