@@ -703,9 +703,9 @@ def ink_level(ink: np.ndarray, noise: float) -> int:
 
 
 def _thin_runs(found: np.ndarray, solid: np.ndarray, horizontal: bool, thickness: int, length: int
-               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+               ) -> tuple[np.ndarray, np.ndarray]:
     """Thin straight runs along one axis, in `found` (where lines may be) but not thick in `solid` (the
-    ink): (labels int32, stats [n,5] as OpenCV gives them, the thin mask)."""
+    ink): (the runs, at least `length` px long, as a uint8 mask; the thin mask)."""
     def along(length: int, width: int) -> np.ndarray:  # a kernel `length` along the line, `width` across
         return _kernel(length, width) if horizontal else _kernel(width, length)
 
@@ -716,10 +716,13 @@ def _thin_runs(found: np.ndarray, solid: np.ndarray, horizontal: bool, thickness
                              borderType=cv2.BORDER_CONSTANT, borderValue=0)
     thin = cv2.subtract(found, thick)
     band = cv2.dilate(thin, along(1, 3))  # a line tilted by a pixel or two
-    bridged = cv2.morphologyEx(band, cv2.MORPH_CLOSE, along(max(3, length // 3), 1))  # gaps where strokes cross
-    runs = cv2.morphologyEx(bridged, cv2.MORPH_OPEN, along(length, 1))
-    _, labels, stats, _ = cv2.connectedComponentsWithStats(runs, connectivity=8)
-    return labels, stats, thin
+    bridged = cv2.morphologyEx(band, cv2.MORPH_CLOSE, along(_bridge(length), 1))  # gaps where strokes cross
+    return cv2.morphologyEx(bridged, cv2.MORPH_OPEN, along(length, 1)), thin
+
+
+def _bridge(length: int) -> int:
+    """The gap (px) that _thin_runs closes along a line whose pieces are looked at from `length` px."""
+    return max(3, length // 3)
 
 
 def _rules(stats: np.ndarray, horizontal: bool, span: int) -> list[list[int]]:
@@ -799,18 +802,41 @@ def remove_rules(ink: np.ndarray, level: int) -> tuple[np.ndarray, int]:
     thickness = max(MIN_LINE_THICKNESS, round(LINE_THICKNESS * min(h, w)))
     if min(h, w) < MIN_RULED_SIDE:  # the digit fills so small an image: no room for rules around it
         return ink, 0
-    # Ink averaged along the line's direction, at half the ink level: a faint line broken into dashes
-    # (JPEG, a reduced photo) is found whole; speckle averages away.
     # Half the ink level, so that a faint line broken into dashes (JPEG, a reduced photo) is found
     # whole; of that, only what stays inky averaged along the line's direction: speckle averages away.
     half = max(MIN_INK_LEVEL // 2, level // 2)
     faint = cv2.compare(ink, half, cv2.CMP_GT)
-    found = []
-    for horizontal, span in ((True, w), (False, h)):
+    spans = {True: w, False: h}
+    pieces = {d: max(8, round(PIECE_SPAN * spans[d])) for d in (True, False)}
+    # A line is found only where the runs of `_thin_runs` can reach: within the faint ink's box, widened
+    # along the line by what its closing bridges. Where that box is too short for a rule along a
+    # direction, and too short for the sides of a frame, there is no line to look for (a digit on a
+    # clean page): the answer is the search's own, at a fraction of its cost.
+    _, _, fw, fh = cv2.boundingRect(faint)
+    extent = {True: fw + 2 * _bridge(pieces[True]), False: fh + 2 * _bridge(pieces[False])}
+    rule = {d: extent[d] >= RULE_SPAN * spans[d] for d in (True, False)}
+    frame = all(extent[d] >= FRAME_SPAN * spans[d] for d in (True, False))
+    def search(horizontal: bool) -> tuple[np.ndarray, np.ndarray]:
         along = cv2.compare(cv2.blur(ink, (9, 1) if horizontal else (1, 9)), half, cv2.CMP_GT)
-        lines = cv2.bitwise_and(faint, along)
-        labels, stats, band = _thin_runs(lines, faint, horizontal, thickness, max(8, round(PIECE_SPAN * span)))
-        found.append((span, labels, stats[1:], band))
+        return _thin_runs(cv2.bitwise_and(faint, along), faint, horizontal, thickness, pieces[horizontal])
+
+    runs: dict[bool, tuple[np.ndarray, np.ndarray]] = {}
+    for horizontal in (True, False):  # one direction at a time, while it may hold a line
+        if not (rule[True] or rule[False] or frame):
+            return ink, 0
+        if rule[horizontal] or frame:
+            runs[horizontal] = search(horizontal)
+            _, _, rw, rh = cv2.boundingRect(runs[horizontal][0])
+            reach = rw if horizontal else rh
+            rule[horizontal] &= reach >= RULE_SPAN * spans[horizontal]
+            frame &= reach >= FRAME_SPAN * spans[horizontal]
+    if not (rule[True] or rule[False] or frame):
+        return ink, 0
+    found = []
+    for horizontal in (True, False):
+        lines, thin = runs[horizontal] if horizontal in runs else search(horizontal)
+        _, labels, stats, _ = cv2.connectedComponentsWithStats(lines, connectivity=8)
+        found.append((spans[horizontal], labels, stats[1:], thin))
     (w_span, h_labels, h_stats, h_band), (h_span, v_labels, v_stats, v_band) = found
     h_rules, v_rules = _rules(h_stats, True, w_span), _rules(v_stats, False, h_span)
     h_long = np.flatnonzero(h_stats[:, 2] >= FRAME_SPAN * w_span)
