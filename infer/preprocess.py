@@ -932,6 +932,8 @@ def _not_digit_parts(x0, y0, x1, y1, area, h: int, w: int) -> np.ndarray:
     cw, ch = x1 - x0, y1 - y0
     fill = area / np.maximum(cw * ch, 1)
     left, top, right, bottom = x0 <= 0, y0 <= 0, x1 >= w, y1 >= h
+    if len(x0) == 1 and not (left[0] or top[0] or right[0] or bottom[0]):
+        return left  # one mark clear of the edges (a clean page): neither a corner nor a strip; False
     touches = left.astype(int) + top + right + bottom
     corner = (left | right) & (top | bottom) & (touches < 4) & (fill > 0.4)
     strip = (left ^ right) & (ch >= 0.9 * h) & (cw <= 0.15 * w)
@@ -1095,7 +1097,7 @@ def paper_haze(ink: np.ndarray, masks: list[np.ndarray]) -> float:
     the digits (their masks grown by 2 px). Paper noise, texture and JPEG ringing; on a transparent
     canvas with faint alpha speckle, the speckle (samples/0/drawn-00003.png, kind `alpha-speckle`)."""
     digits = functools.reduce(cv2.bitwise_or, masks)
-    away = cv2.bitwise_not(cv2.dilate(digits, _SQUARE5))
+    away = np.equal(cv2.dilate(digits, _SQUARE5), 0).view(np.uint8)  # 1 away from the digits
     hist = cv2.calcHist([ink], [0], away, [256], [0, 256]).ravel()
     total = hist.sum()
     return float(np.searchsorted(np.cumsum(hist), 0.99 * total)) if total else 0.0
