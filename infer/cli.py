@@ -68,13 +68,15 @@ def _doctor() -> None:
               help="ONNX model from mnist-export.  [default: ./model.onnx, else the shipped model]")
 @click.option("--provider", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
               help="cuda fails (exit 1) if CUDA cannot be had; auto says what it chose.")
-@click.option("--output", "-o", type=click.Path(dir_okay=False),
-              help="Write rows to FILE (via FILE.partial, renamed when complete) instead of stdout.")
+@click.option("--output", "-o", type=click.Path(dir_okay=False, allow_dash=True),
+              help="Write rows to FILE (via FILE.partial, renamed when complete) instead of stdout ('-').")
 @click.option("--force", "-f", is_flag=True, help="Overwrite an existing --output (and drop its .partial).")
 @click.option("--resume", is_flag=True,
               help="Continue into --output: keep the rows of FILE.partial (or FILE) and classify only the "
                    "paths not in it; the same final file as one uninterrupted run.")
-@click.option("--format", "fmt", type=click.Choice(["csv", "jsonl"]), default="csv", show_default=True)
+@click.option("--format", "fmt", type=click.Choice(["csv", "jsonl"]),
+              help="Rows as CSV or JSON Lines.  [default: from --output's extension (.jsonl, .ndjson, .json: "
+                   "jsonl), else csv]")
 @click.option("--top-k", type=click.IntRange(min=1, max=10), default=1, show_default=True,
               help="With k > 1, a top_k column: the k most likely digits and their probabilities.")
 @click.option("--preprocess", type=click.Choice(["mnist", "none"]), default="mnist", show_default=True,
@@ -119,10 +121,14 @@ def main(paths, files_from, model, provider, output, force, resume, fmt, top_k, 
     if not paths and not files_from:
         raise click.UsageError("give at least one image file or folder (e.g. mnist-infer samples/), "
                                "or '-' to read paths from stdin")
+    if output == "-":
+        output = None  # stdout, as for most Unix tools
+    fmt = _output_format(fmt, output)
     if resume and force:
         raise click.UsageError("--resume continues an output, --force replaces it: choose one")
     if resume and not output:
         raise click.UsageError("--resume needs --output FILE (the run to continue)")
+    report_made = _check_report_dir(report_dir) if report_dir is not None else []
     if engine == "ray":
         from infer.ray_engine import RayUnavailable, import_ray
 
@@ -147,6 +153,7 @@ def main(paths, files_from, model, provider, output, force, resume, fmt, top_k, 
                               keep_pixels=report_dir is not None)
     run = _Run(options=options, model=model, provider=provider, classifier_kwargs=classifier_kwargs,
                quiet=quiet, verbose=verbose)
+    run.report_made = report_made
     previous = None
     if threading.current_thread() is threading.main_thread():
         previous = signal.signal(signal.SIGTERM, _on_sigterm)
@@ -162,6 +169,53 @@ def main(paths, files_from, model, provider, output, force, resume, fmt, top_k, 
 
 def _on_sigterm(signum, frame):
     raise _Terminated()
+
+
+JSONL_SUFFIXES = (".jsonl", ".ndjson", ".json")
+RESUME_SAMPLES = 4  # rows of an earlier run read again before --resume adds to it
+
+
+def _output_format(fmt: str | None, output: str | None) -> str:
+    """--format, else what --output's extension says, else csv; a format against the extension is an error."""
+    suffix = Path(output).suffix.lower() if output else ""
+    implied = "jsonl" if suffix in JSONL_SUFFIXES else "csv" if suffix == ".csv" else None
+    if fmt and implied and fmt != implied:
+        raise click.UsageError(f"--format {fmt} writes {fmt.upper()}, but --output {output} says {implied}: "
+                               "change one of them")
+    return fmt or implied or "csv"
+
+
+def _folder_problem(folder: Path) -> str | None:
+    """Why `folder` cannot be made (or used) as a folder to write in, or None: a file in the way, or an
+    ancestor that cannot hold it. Only looks; makes nothing."""
+    here = folder
+    while not os.path.lexists(here):
+        if here.parent == here:
+            break
+        here = here.parent
+    if os.path.lexists(here) and not here.is_dir():
+        return f"{here} is a file, not a folder"
+    if not os.access(here, os.W_OK | os.X_OK):
+        return f"{here} is not writable"
+    return None
+
+
+def _check_report_dir(report_dir: str) -> list[Path]:
+    """--report's folder, checked before any image is read: one line now, not a traceback at the end.
+    What can be made is made now; returns the folders made (innermost first), for removal if the run
+    writes no report in them."""
+    folder = Path(report_dir)
+    problem = _folder_problem(folder)
+    made = []
+    if problem is None:
+        made = [p for p in (folder, *folder.parents) if not os.path.lexists(p)]
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            problem = exc.strerror or str(exc)
+    if problem:
+        raise click.BadParameter(f"cannot write the report in {report_dir}: {problem}", param_hint="--report")
+    return made
 
 
 def _path_source(paths, files_from):
@@ -203,16 +257,20 @@ class _Sink:
 
         self.fmt, self.top_k, self.multi_digit = fmt, top_k, multi_digit
         self.columns = columns(fmt, top_k, multi_digit)
-        self.final = Path(output) if output else None
+        # A symlink as --output is written through: its target gets the rows, the link stays.
+        self.final = Path(os.path.realpath(output)) if output and os.path.islink(output) else \
+            Path(output) if output else None
         self.partial = self.final.with_name(self.final.name + ".partial") if output else None
         self.stream = None
         self.writer = None
         self.kept = 0  # rows of an earlier run, resumed
         self.source = None  # the file they were read from
         self.written = 0  # rows written by this run
+        self.samples: list[dict] = []  # a few classified rows of the earlier run, to check it is the same job
 
-    def open(self, force: bool, resume: bool, on_row) -> set[str]:
-        """Prepare the output; with resume, feed the rows already there to on_row and return their paths."""
+    def open(self, force: bool, resume: bool, on_row, check=None) -> set[str]:
+        """Prepare the output; with resume, feed the rows already there to on_row and return their paths
+        (after `check(self)`, which may refuse them, before anything is written)."""
         from infer.output import RowWriter
 
         done: set[str] = set()
@@ -227,6 +285,8 @@ class _Sink:
         if resume and (partial.exists() or final.exists()):
             source = partial if partial.exists() else final
             done, valid = self._read(source, on_row)
+            if check is not None and self.kept:
+                check(self)
             try:
                 if source == final:
                     import shutil
@@ -246,6 +306,9 @@ class _Sink:
                 if final.exists():
                     raise click.UsageError(f"{final} exists: --force overwrites it, --resume adds the files "
                                            "not in it")
+            problem = _folder_problem(final.parent)
+            if problem:
+                raise click.BadParameter(f"cannot write {final}: {problem}", param_hint="--output")
             try:
                 final.parent.mkdir(parents=True, exist_ok=True)
                 self.stream = open(partial, "wb")
@@ -261,6 +324,8 @@ class _Sink:
 
         def take(row: dict) -> None:
             done.add(os.path.normpath(unescape_path(row["path"])))
+            if len(self.samples) < RESUME_SAMPLES and row.get("error") is None and row.get("confidence"):
+                self.samples.append(row)
             on_row(row)
 
         try:
@@ -375,6 +440,7 @@ class _Run:
         self.tty = sys.stderr.isatty()  # asked now: the Ray engine filters fd 2 through a pipe while it runs
         self.used = None  # the Classifier of the local engine, or the providers the Ray actors used
         self.where = ""
+        self.report_made: list[Path] = []  # folders made for --report
 
     def log(self, msg: str) -> None:
         if self.quiet:
@@ -397,11 +463,14 @@ class _Run:
             self.log(f"note: {note}")
 
     def make_classifier(self, provider: str):
-        from infer.engine import Classifier, ModelError, ProviderError
+        from infer.engine import Classifier, LayoutConflict, ModelError, ProviderError, default_model_path
 
         try:
-            classifier = Classifier(self.model, provider=provider, threads=1, verbose=self.verbose,
-                                    **self.classifier_kwargs)
+            # The path chosen here: the model line says where it came from (and -q silences it).
+            classifier = Classifier(self.model or default_model_path(), provider=provider, threads=1,
+                                    verbose=self.verbose, **self.classifier_kwargs)
+        except LayoutConflict as exc:
+            raise click.UsageError(str(exc)) from None
         except (ModelError, ProviderError) as exc:
             raise click.ClickException(str(exc)) from None
         except TypeError:
@@ -420,6 +489,37 @@ class _Run:
         self.where = f" on {classifier.provider}"
         return classifier
 
+    def _check_resumed(self, sink: _Sink) -> None:
+        """--resume adds rows to an earlier run's: refuse when that run used another model or options
+        that change the rows (--preprocess, --min-confidence, --ink...). A few of its rows are read
+        again, here, on the CPU, and must come out the same (the prediction, the warnings, and the
+        confidence within 0.002: CPU and CUDA kernels differ in the last digits). Rows whose files
+        are gone or no longer read are not evidence either way."""
+        import dataclasses
+
+        from infer.output import unescape_path
+        from infer.pipeline import classify_batches
+
+        paths = [unescape_path(row["path"]) for row in sink.samples]
+        present = [p for p in paths if os.path.isfile(p)]
+        if not present:
+            return
+        options = dataclasses.replace(self.options, top_k=1, workers=0, keep_pixels=False)
+        now = {p.path: p for batch in classify_batches(present, self.make_classifier("cpu"), options, label_of=None)
+               for p in batch.predictions(options.multi_digit)}
+        for row, path in zip(sink.samples, paths):
+            p = now.get(path)
+            if p is None or p.error:
+                continue
+            before = float(row["confidence"])
+            if p.prediction != row["prediction"] or abs(p.confidence - before) > 0.002 \
+                    or p.warning != (row.get("warning") or ""):
+                raise click.UsageError(
+                    f"--resume: {sink.source} was written with another model or other options: {row['path']} "
+                    f"reads as {row['prediction']} ({before:.3f}{', ' + row['warning'] if row.get('warning') else ''}) "
+                    f"there and {p.prediction} ({p.confidence:.3f}{', ' + p.warning if p.warning else ''}) now. "
+                    "Use the first run's --model and options, or --force to start over")
+
     def execute(self, paths, files_from, output, fmt, force, resume, labels_file, report_dir, engine,
                 ray_address, ray_timeout, strict) -> int:
         from infer.contract import LABELS
@@ -433,7 +533,7 @@ class _Run:
             raise click.BadParameter(str(exc), param_hint="--labels") from None
         tally = _Tally(LABELS, Evaluation(LABELS))
         sink = _Sink(output, fmt, options.top_k, options.multi_digit)
-        done = sink.open(force, resume, tally.add_row)
+        done = sink.open(force, resume, tally.add_row, check=self._check_resumed)
         if sink.kept:
             self.log(f"resuming: {sink.kept} rows already in {sink.source}")
         skipped: dict[str, int] = {}
@@ -579,10 +679,19 @@ class _Run:
                 self.log(tally.evaluation.table())
         if report_dir:
             if tally.evaluation.total:
-                written = tally.evaluation.write_report(report_dir)
+                try:
+                    written = tally.evaluation.write_report(report_dir)
+                except OSError as exc:  # the rows are written already; only the report is lost
+                    raise click.ClickException(f"cannot write the report in {report_dir}: "
+                                               f"{exc.strerror or exc}") from None
                 self.log("report: " + ", ".join(str(p) for p in written))
             else:
                 self.log("report: no labelled images (folders named 0-9 or --labels), nothing written")
+                for folder in self.report_made:  # made for this run, and still empty
+                    try:
+                        folder.rmdir()
+                    except OSError:
+                        break
         if n == 0:
             where = ", ".join([*paths, *([f"--files-from {files_from}"] if files_from else [])])
             more = f" ({_skipped_line(skipped)})" if skipped else ""

@@ -53,6 +53,10 @@ class ModelError(Exception):
     """An ONNX file that is missing, unreadable, not a digit classifier, or does not fit the contract."""
 
 
+class LayoutConflict(ModelError):
+    """--input-scale/--ink given for a model whose metadata declares its input layout (a usage error)."""
+
+
 @contextlib.contextmanager
 def _captured_stderr() -> Iterator[list[str]]:
     """Capture what native code writes to fd 2 (ORT logs there, not through Python)."""
@@ -301,7 +305,10 @@ def _feed(info: ModelInfo, pixels: np.ndarray) -> np.ndarray:
 
 def _refuse_non_onnx(path: Path, kind) -> ModelError:
     """One line for a --model that is another kind of file (infer.filekind), with what to do instead."""
-    if kind.pytorch or kind.name in ("pickle", "torchscript"):
+    if kind.name == "torchscript":  # mnist-export does not run TorchScript code: its weights, then
+        return ModelError(f"{path} is {kind.what}, not an ONNX model: {kind.fix} (`mnist-export weights.pt`), "
+                          "and pass the weights.onnx it writes")
+    if kind.pytorch or kind.name == "pickle":
         return ModelError(f"{path} is a PyTorch file ({kind.what}), not an ONNX model: export it first with "
                           f"`mnist-export {path}` and pass the .onnx file it writes")
     if kind.name == "json":
@@ -374,7 +381,7 @@ class Classifier:
         if C.META_FORMAT in meta:
             self.info = check_contract(self.session, os.fspath(path))
             if (input_scale or 1, ink or "white") != (1, "white"):
-                raise ModelError(f"{path} declares its input layout in its metadata (pixels in [0, 1], white ink on "
+                raise LayoutConflict(f"{path} declares its input layout in its metadata (pixels in [0, 1], white ink on "
                                  "black): --input-scale/--ink are for models without mnist-toolkit metadata")
         else:
             self.info = inspect_foreign(self.session, os.fspath(path), input_scale or 1, ink or "white")

@@ -77,12 +77,15 @@ def list_images(paths: Iterable[str | os.PathLike], recursive: bool = True,
     """Yield the image files under `paths` in sorted order, as plain strings; report the rest to `on_skip`.
 
     Folders are walked (sorted by name, hidden entries skipped, symlinks followed, a loop or a second
-    link to a folder visited once); inside folders, files without an image extension are skipped.
+    link to a folder visited once); inside folders, files without an image extension are skipped. A
+    folder reached through a symbolic link is walked after the real folders of the same argument, so a
+    folder reachable both ways is listed under its real path, once.
     Anything named in `paths` that is not a folder is yielded as is, whatever its extension, and even
     if it does not exist: the decoder says what is wrong with it, as an error row.
     """
     seen_dirs: set[tuple[int, int]] = set()
     skip = on_skip or (lambda item: None)
+    linked: list[str] = []  # folders reached through a symlink, walked after the real ones
 
     def walk(folder: str) -> Iterator[str]:
         try:
@@ -123,7 +126,10 @@ def list_images(paths: Iterable[str | os.PathLike], recursive: bool = True,
                 skip(Listed(entry.path, NOT_AN_IMAGE))
             elif is_dir:
                 if recursive:
-                    yield from walk(entry.path)
+                    if entry.is_symlink():
+                        linked.append(entry.path)
+                    else:
+                        yield from walk(entry.path)
             elif entry.is_symlink():
                 skip(Listed(entry.path, "broken symbolic link"))
         yield from files
@@ -132,6 +138,8 @@ def list_images(paths: Iterable[str | os.PathLike], recursive: bool = True,
         path = os.fspath(path)
         if os.path.isdir(path):
             yield from walk(path)
+            while linked:  # each may link to more; those not already walked under their real path
+                yield from walk(linked.pop(0))
         else:
             yield path  # named explicitly: try it, and report it if it is not an image (or not there)
 
@@ -146,15 +154,37 @@ def walk_images(paths: Iterable[str | os.PathLike], recursive: bool = True) -> I
     yield from skipped
 
 
-def read_path_list(stream: BinaryIO) -> Iterator[str]:
-    """Paths from a list, one per line (`find ... | mnist-infer -`, `--files-from FILE`), streamed.
+PATH_MAX = 4096  # Linux: no path in a list is longer, so a list holds a separator within its first PATH_MAX + 1 bytes
 
-    Lines are bytes, decoded as the OS decodes file names (so names that are not UTF-8 work); a
-    trailing carriage return (a list written on Windows) and empty lines are ignored.
+
+def read_path_list(stream: BinaryIO) -> Iterator[str]:
+    """Paths from a list (`find ... | mnist-infer -`, `--files-from FILE`), streamed: one per line, or
+    separated by NUL bytes when the list holds any (`find -print0`, `git ls-files -z`: names with
+    newlines), as xargs -0 reads them.
+
+    Paths are bytes, decoded as the OS decodes file names (so names that are not UTF-8 work). In a
+    list of lines, a trailing carriage return (a list written on Windows) and empty lines are ignored.
     """
-    for line in stream:
-        line = line.rstrip(b"\n")
-        if line.endswith(b"\r"):
-            line = line[:-1]
-        if line:
-            yield os.fsdecode(line)
+    read = getattr(stream, "read1", stream.read)  # what a pipe has now: paths stream as find prints them
+    buf, sep = b"", None
+    while True:
+        chunk = read(65536)
+        if chunk:
+            buf += chunk
+        if sep is None:
+            if b"\0" in buf:
+                sep = b"\0"
+            elif len(buf) > PATH_MAX or not chunk:
+                sep = b"\n"
+            else:
+                continue
+        *items, buf = buf.split(sep)
+        if not chunk:
+            items.append(buf)
+        for item in items:
+            if sep == b"\n" and item.endswith(b"\r"):
+                item = item[:-1]
+            if item:
+                yield os.fsdecode(item)
+        if not chunk:
+            return

@@ -201,6 +201,9 @@ def read_rows(stream: BinaryIO, fmt: str, on_row: Callable[[dict], None]) -> Exi
             try:
                 row = json.loads(raw)
             except ValueError:
+                if rows == 0:  # a whole first line that is not JSON: another format, not a cut row
+                    raise OutputError("its first line is not JSON: it is not mnist-infer's JSON Lines "
+                                      "(written with --format csv?)") from None
                 break
             if not isinstance(row, dict) or "path" not in row:
                 raise OutputError(f"line {rows + 1} is not a row of mnist-infer's JSON Lines")
@@ -234,7 +237,8 @@ def read_rows(stream: BinaryIO, fmt: str, on_row: Callable[[dict], None]) -> Exi
         if not cols:
             cols = record
             if "path" not in cols:
-                raise OutputError("its first line is not mnist-infer's CSV header")
+                raise OutputError("its first line is not mnist-infer's CSV header"
+                                  + (" (it is JSON: written with --format jsonl?)" if cols[0].startswith("{") else ""))
         elif len(record) != len(cols):
             break
         else:

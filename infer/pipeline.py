@@ -35,9 +35,13 @@ from infer.contract import DEFAULT_MIN_CONFIDENCE, IMAGE_SIZE, WARN_LOW_CONFIDEN
 from infer.files import Listed, list_images
 from infer.preprocess import ImageError, Prepared, deskew, prepare_file
 
+MODEL_OUTPUT_NOT_FINITE = "the model's output is not a number (NaN or infinite): its weights are broken"
 CHUNK = 256  # paths per worker task
 PIPE_BYTES = 1 << 20  # result pipe capacity asked for: a chunk of 256 digits is 200 kB
 INFLIGHT_PER_WORKER = 4
+
+
+FOLDER_LABELS = "folder"  # label_of's default: a parent folder named like one of the model's labels
 
 
 @dataclass
@@ -237,6 +241,13 @@ def score(paths: Sequence[str], decoded: Decoded, classifier, options: ClassifyO
     order_p = np.take_along_axis(probs, order, axis=1).astype(np.float32)
     starts = np.cumsum(counts) - counts
     ok = counts > 0
+    # A model with broken weights (NaN, overflow) gives no answer: an error row, never "nan" as a row.
+    broken = np.zeros(n, bool)
+    bad_digit = ~np.isfinite(probs).all(axis=1)
+    if bad_digit.any():
+        broken[ok] = np.logical_or.reduceat(bad_digit, starts[ok])
+        ok &= ~broken
+        counts = np.where(broken, 0, counts)
     single = counts == 1
     several = counts > 1
 
@@ -263,6 +274,8 @@ def score(paths: Sequence[str], decoded: Decoded, classifier, options: ClassifyO
     error: list[str | None] = [None] * n
     for i, text in decoded.errors.items():
         error[i] = text
+    for i in np.flatnonzero(broken).tolist():
+        error[i] = MODEL_OUTPUT_NOT_FINITE
     pixels = None
     if options.keep_pixels:
         pixels = np.zeros((n, IMAGE_SIZE, IMAGE_SIZE), np.uint8)
@@ -460,7 +473,7 @@ def classify_batches(
     classifier,
     options: ClassifyOptions = ClassifyOptions(),
     *,
-    label_of: Callable[[str], str | None] | None = None,
+    label_of: Callable[[str], str | None] | None = FOLDER_LABELS,
     on_skip: Callable[[Listed], None] | None = None,
     exclude: Callable[[str], bool] | None = None,
 ) -> Iterator[ResultBatch]:
@@ -469,7 +482,9 @@ def classify_batches(
     `classifier` is an infer.Classifier (anything with .predict(pixels) -> probs, .labels and
     optionally .deskew), or a function that makes one: it is then called once the first images are
     being decoded, so that loading ONNX Runtime overlaps with decoding. Unreadable files become
-    error rows; they never stop the stream. `exclude(path)`: skip paths already done (--resume).
+    error rows; they never stop the stream. `label_of(path)`: the true label, or None; by default
+    (FOLDER_LABELS) the name of the image's folder when it is one of the model's labels, as mnist-infer
+    does; None: no labels. `exclude(path)`: skip paths already done (--resume).
     Raises WorkerDied when a decode worker is killed.
     """
     stream = list_images(paths, options.recursive, on_skip)
@@ -496,6 +511,10 @@ def classify_batches(
         results = decoder.stream(tasks())
         if not hasattr(classifier, "predict"):
             classifier = classifier()
+        if label_of is FOLDER_LABELS:
+            from infer.evaluate import folder_labeller
+
+            label_of = folder_labeller(classifier.labels)
         wish[0] = bool(getattr(classifier, "deskew", False))
         decoder.tell_wish(wish[0])
         for decoded in results:
@@ -517,7 +536,7 @@ def classify_paths(
     recursive: bool = True,
     multi_digit: bool = False,
     min_confidence: float = DEFAULT_MIN_CONFIDENCE,
-    label_of: Callable[[str], str | None] | None = None,
+    label_of: Callable[[str], str | None] | None = FOLDER_LABELS,
     keep_pixels: bool = False,
     on_skip: Callable[[Listed], None] | None = None,
 ) -> Iterator[Prediction]:

@@ -309,27 +309,34 @@ def _open(source: BinaryIO) -> Image.Image:
     if not head:
         raise ImageError("empty file (0 bytes)")
     brand = head[8:12] if head[4:8] == b"ftyp" else None
-    # Pillow's own bomb warning is redundant with the check on MAX_PIXELS that follows.
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-        try:
-            return Image.open(source)
-        except Image.UnidentifiedImageError:
-            if brand in HEIF_BRANDS:
-                if not _register_heif():
-                    raise ImageError("HEIC/HEIF image: reading it needs pillow-heif: "
-                                     "pip install 'mnist-toolkit[heic]'") from None
-                source.seek(0)
-                try:
-                    return Image.open(source)
-                except Image.UnidentifiedImageError:
-                    raise ImageError("HEIF file that pillow-heif cannot read") from None
-            if brand in AVIF_BRANDS:
-                raise ImageError("AVIF image: this Pillow cannot read AVIF (Pillow >= 11.3 wheels can)") from None
-            raise ImageError("not an image Pillow can read") from None
+    try:
+        return Image.open(source)
+    except Image.UnidentifiedImageError:
+        if brand in HEIF_BRANDS:
+            if not _register_heif():
+                raise ImageError("HEIC/HEIF image: reading it needs pillow-heif: "
+                                 "pip install 'mnist-toolkit[heic]'") from None
+            source.seek(0)
+            try:
+                return Image.open(source)
+            except Image.UnidentifiedImageError:
+                raise ImageError("HEIF file that pillow-heif cannot read") from None
+        if brand in AVIF_BRANDS:
+            raise ImageError("AVIF image: this Pillow cannot read AVIF (Pillow >= 11.3 wheels can)") from None
+        raise ImageError("not an image Pillow can read") from None
 
 
 def _read_with_pillow(source: BinaryIO, mode: str) -> np.ndarray:
+    from PIL import Image
+
+    # Pillow's bomb warning (from Image.open, or at load for TIFF and WebP) is redundant with the check
+    # on MAX_PIXELS: it would only be two lines of noise on stderr.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        return _pillow_grey(source, mode)
+
+
+def _pillow_grey(source: BinaryIO, mode: str) -> np.ndarray:
     from PIL import Image, ImageOps
 
     try:

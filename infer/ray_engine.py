@@ -25,7 +25,8 @@ import numpy as np
 
 from infer.contract import IMAGE_SIZE, WARNING_SEPARATOR
 from infer.files import Listed, list_images
-from infer.pipeline import ClassifyOptions, Decoded, DecodeTask, ResultBatch, decode_chunk, labels_of, score
+from infer.pipeline import (FOLDER_LABELS, ClassifyOptions, Decoded, DecodeTask, ResultBatch, decode_chunk, labels_of,
+                            score)
 
 
 class RayUnavailable(Exception):
@@ -237,7 +238,7 @@ def classify_batches_ray(
     provider: str = "auto",
     classifier_kwargs: dict | None = None,
     deskew: bool = False,
-    label_of: Callable[[str], str | None] | None = None,
+    label_of: Callable[[str], str | None] | None = FOLDER_LABELS,
     on_skip: Callable[[Listed], None] | None = None,
     exclude: Callable[[str], bool] | None = None,
     on_providers: Callable[[set[str]], None] | None = None,
@@ -249,8 +250,12 @@ def classify_batches_ray(
     """Classify like `infer.pipeline.classify_batches`, on Ray Data; yields ResultBatches in listing order.
 
     `deskew`: the model's wish (Classifier.deskew), applied in the decode stage. `on_providers`
-    receives the providers the model actors used, once the job is done.
+    receives the providers the model actors used, once the job is done. `label_of`: as there.
     """
+    if label_of is FOLDER_LABELS:
+        from infer.evaluate import folder_labeller
+
+        label_of = folder_labeller(labels)
     ray = connect(ray_address, timeout=ray_timeout, quiet=not verbose)
     files = [p for p in list_images(paths, options.recursive, on_skip) if exclude is None or not exclude(p)]
     if not files:
