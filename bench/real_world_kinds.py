@@ -652,6 +652,106 @@ def _several(shapes, rng, count: int):
     return sample(add_noise(canvas, rng.uniform(0, 5), rng), "".join(str(label) for _, label in digits), rng)
 
 
+def _thick_cell(shapes, rng, with_digit: bool = True):
+    """A Sudoku or form cell whose lines are heavy: 6-10% of the cell's side, on three or four sides."""
+    h = int(rng.integers(60, 200))
+    w = int(h * rng.uniform(0.85, 1.15))
+    canvas = np.full((h, w), rng.uniform(215, 255), np.float32)
+    truth = ""
+    if with_digit:
+        cov, label = shapes.any_digit(rng, 0.3)
+        ink = scaled(cov, rng.uniform(0.45, 0.65) * min(h, w))
+        top = (h - ink.shape[0]) // 2 + int(rng.integers(-h // 16, h // 16 + 1))
+        left = (w - ink.shape[1]) // 2 + int(rng.integers(-w // 16, w // 16 + 1))
+        paste(canvas, ink, top, left, rng.uniform(0, 60))
+        truth = str(label)
+    sides = ["top", "bottom", "left", "right"]
+    if rng.random() < 0.3:
+        sides.remove(str(rng.choice(sides)))
+    thickness = max(3, round(rng.uniform(0.06, 0.10) * min(h, w)))
+    _draw_cell(canvas, rng, sides, 0, thickness, rng.uniform(0, 90))
+    return sample(add_noise(canvas, rng.uniform(0, 4), rng), truth, rng)
+
+
+def _underlined(shapes, rng):
+    """A digit underlined by hand: a stroke below it, from touching it to a tenth of its height away,
+    reaching well beyond it on both sides."""
+    height = rng.uniform(60, 160)
+    cov, label = shapes.any_digit(rng, 0.1)
+    ink = scaled(cov, height)
+    dh, dw = ink.shape
+    beyond = [rng.uniform(0.3, 0.8) * dw for _ in range(2)]
+    thickness = max(2, round(rng.uniform(0.06, 0.12) * height))
+    gap = rng.uniform(-0.02, 0.10) * height  # negative: the line crosses the digit's lowest stroke
+    h = int(height * rng.uniform(1.5, 2.2))
+    w = int(dw + sum(beyond) + height * rng.uniform(0.3, 0.8))
+    canvas = np.full((h, w), rng.uniform(200, 250), np.float32)
+    top = int((h - height - gap - thickness) / 2)
+    left = int((w - dw) / 2)
+    colour = rng.uniform(0, 60)
+    paste(canvas, ink, top, left, colour)
+    y = top + dh + gap + thickness / 2
+    x0, x1 = left - beyond[0], left + dw + beyond[1]
+    tilt = rng.uniform(-0.03, 0.03) * (x1 - x0)
+    line = np.zeros((h, w), np.float32)
+    cv2.line(line, (int(x0 * 16), int(y * 16)), (int(x1 * 16), int((y + tilt) * 16)), 1.0, thickness, cv2.LINE_AA, 4)
+    paste(canvas, np.clip(line, 0, 1), 0, 0, colour)
+    return sample(add_noise(canvas, rng.uniform(0, 4), rng), str(label), rng)
+
+
+def _blank_one_line(shapes, rng):
+    """An empty page but for one straight line: a notebook's margin rule, a lone rule, a fold photographed
+    across the page, or the page's edge with the table beyond."""
+    h, w = int(rng.integers(150, 700)), int(rng.integers(150, 700))
+    paper = rng.uniform(190, 250)
+    canvas = np.full((h, w), paper, np.float32)
+    what = rng.choice(["margin", "rule", "fold", "edge"])
+    line = np.zeros((h, w), np.float32)
+    thickness = int(rng.integers(1, 4))
+    if what == "margin":  # vertical, near the left or right side
+        x = rng.uniform(0.06, 0.2) * w
+        x = x if rng.random() < 0.5 else w - x
+        cv2.line(line, (int(x), 0), (int(x + rng.uniform(-2, 2)), h), 1.0, thickness, cv2.LINE_AA)
+    elif what == "rule":  # horizontal, anywhere
+        y = rng.uniform(0.1, 0.9) * h
+        cv2.line(line, (0, int(y)), (w, int(y + rng.uniform(-2, 2))), 1.0, thickness, cv2.LINE_AA)
+    elif what == "fold":  # a straight crease at any slant, edge to edge, faint
+        angle = rng.uniform(0, np.pi)
+        cx, cy, r = rng.uniform(0.3, 0.7) * w, rng.uniform(0.3, 0.7) * h, 2 * (h + w)
+        p0 = (int(cx - r * np.cos(angle)), int(cy - r * np.sin(angle)))
+        p1 = (int(cx + r * np.cos(angle)), int(cy + r * np.sin(angle)))
+        cv2.line(line, p0, p1, rng.uniform(0.3, 0.7), thickness, cv2.LINE_AA)
+    else:  # the page's edge: the dark table beyond one side
+        depth = int(rng.uniform(0.03, 0.15) * (w if rng.random() < 0.5 else h))
+        side = rng.integers(4)
+        (line[:, :depth] if side == 0 else line[:, w - depth :] if side == 1 else
+         line[:depth] if side == 2 else line[h - depth :])[:] = 1.0
+    paste(canvas, line, 0, 0, rng.uniform(20, paper - 60))
+    canvas = cv2.GaussianBlur(canvas, (0, 0), rng.uniform(0.3, 1.0))
+    return sample(add_noise(canvas, rng.uniform(0, 5), rng), "", rng)
+
+
+def _touching(shapes, rng):
+    """Two digits written so close that they touch or overlap (up to a tenth of their height)."""
+    height = rng.uniform(50, 130)
+    digits = [shapes.any_digit(rng, 0.0) for _ in range(2)]
+    inks = [scaled(cov, height * rng.uniform(0.92, 1.08)) for cov, _ in digits]
+    gap = rng.uniform(-0.10, 0.0) * height
+    width = inks[0].shape[1] + inks[1].shape[1] + gap
+    h = int(height * rng.uniform(1.3, 2.0))
+    w = int(width + height * rng.uniform(0.3, 1.0))
+    canvas = np.full((h, w), rng.uniform(200, 250), np.float32)
+    coverage = np.zeros((h, w), np.float32)
+    x = place(rng, w, int(width), 2)
+    for ink in inks:
+        top = int((h - ink.shape[0]) / 2 + rng.uniform(-0.05, 0.05) * height)
+        region = coverage[top : top + ink.shape[0], x : x + ink.shape[1]]
+        region[:] = np.maximum(region, ink[: region.shape[0], : region.shape[1]])
+        x += int(ink.shape[1] + gap)
+    paste(canvas, coverage, 0, 0, rng.uniform(0, 60))
+    return sample(add_noise(canvas, rng.uniform(0, 5), rng), "".join(str(label) for _, label in digits), rng)
+
+
 KINDS = [
     Kind("scan", "handled", "black ink on off-white paper, enlarged, off-centre, noise, JPEG", _scan),
     Kind("photo", "handled", "phone photo: RGB, light gradient, blur, JPEG", _photo),
@@ -671,6 +771,9 @@ KINDS = [
     Kind("grid-cell-2", "lines", "a form cell with its lines on two sides", lambda s, r: _grid_cell(s, r, 2)),
     Kind("boxed", "lines", "a box drawn around the digit (ruler or freehand)", _boxed),
     Kind("squared", "lines", "written on squared (graph) paper", _squared),
+    Kind("grid-cell-thick", "lines", "a Sudoku or form cell with heavy lines (6-10% of its side), 3 or 4 sides",
+         _thick_cell),
+    Kind("underlined", "marks", "a digit underlined by hand, the line touching it or close below", _underlined),
     Kind("shadow", "uneven light", "phone photo with a soft shadow over one corner",
          lambda s, r: _photo_page(s, r, "shadow")),
     Kind("vignette", "uneven light", "phone photo with dark corners (vignetting)",
@@ -686,9 +789,12 @@ KINDS = [
     Kind("blank-cell", "no digit", "an empty form cell or box", _blank_cell),
     Kind("blank-photo", "no digit", "phone photo of a blank page: shadow or vignette",
          lambda s, r: _photo_page(s, r, str(r.choice(["shadow", "vignette", "gradient"])), with_digit=False)),
+    Kind("blank-one-line", "no digit", "an empty page but for one line: a margin rule, a rule, a fold, the page's edge",
+         _blank_one_line),
     Kind("two-digits", "several digits", "two digits side by side, gaps 0.15-0.8 of their height",
          lambda s, r: _several(s, r, 2)),
     Kind("three-digits", "several digits", "three digits side by side", lambda s, r: _several(s, r, 3)),
+    Kind("two-digits-touching", "several digits", "two digits written touching or overlapping", _touching),
 ]
 KINDS_BY_NAME = {k.name: k for k in KINDS}
 

@@ -421,6 +421,11 @@ MNIST_STROKE = 3.0  # MNIST's median stroke width in a 20-px box (2*area/boundar
 THIN_STROKE = 1.6  # thinner than this in a 20-px box (well below MNIST's 5th percentile): thickened
 SIDE_BY_SIDE_HEIGHT = 0.65  # another group this tall relative to the digit, beside it, is another digit ...
 BESIDE_AREA = 0.15  # ... with at least this much ink relative to it ...
+TOUCHING_WIDTH = 1.15  # a mark this many times wider than tall may be two digits touching ...
+TOUCHING_JOINT = 0.3  # ... where its ink thins to this share of its thickest column ...
+TOUCHING_STROKES = 1.5  # ... and to about one stroke (this many stroke widths at most)
+UNDERLINE_BEYOND = 0.25  # an underline reaches this share of its length beyond the digit above it
+STRAIGHT_SPREAD = 0.04  # a mark whose ink spreads across its axis less than this (ratio of standard deviations) is a line
 BESIDE_STROKE = 0.35  # ... and strokes at least this wide relative to its strokes (not a hair or a scratch)
 
 _CROSS = cv2.getStructuringElement(cv2.MORPH_CROSS, (3, 3))
@@ -889,6 +894,16 @@ def remove_rules(ink: np.ndarray, level: int) -> tuple[np.ndarray, int]:
     return out, len(h_lines) + len(v_lines)
 
 
+def _could_be_a_one(ink: np.ndarray, cleaned: np.ndarray) -> bool:
+    """Whether the one line `remove_rules` took away (ink before, cleaned after, uint8 [H,W]) may be a
+    digit 1: upright, and in the middle of the image (its centre in the middle half, across). A
+    horizontal line is never a digit; a margin rule, a page's edge or a fold near a side is paper.
+    Kinds: `blank-one-line`; a canvas 1 drawn top to bottom (`canvas-1px`)."""
+    x, y, w, h = cv2.boundingRect(cv2.compare(ink, cleaned, cv2.CMP_NE))
+    width = ink.shape[1]
+    return h > w and 0.25 * width <= x + w / 2 <= 0.75 * width
+
+
 def _line_bands(lines: list[list[int]], labels: np.ndarray, stats: np.ndarray, thin: np.ndarray,
                 horizontal: bool) -> tuple[np.ndarray, int]:
     """Each line (its run segments' indices) as a straight band, fitted through its thin pixels, as
@@ -935,7 +950,8 @@ def edge_sharpness(ink: np.ndarray, mask: np.ndarray, peak: float) -> float:
 def _not_digit_parts(x0, y0, x1, y1, area, h: int, w: int) -> np.ndarray:
     """Per component (bounding boxes and areas as arrays): never part of a digit. Dark photo corners
     (solid, in a corner of the image), strips along the image's edge (the paper's edge, a scanner's
-    margin) and frames around other sizeable ink (a box drawn by hand, a circle around the digit)."""
+    margin), frames around other sizeable ink (a box drawn by hand, a circle around the digit) and a
+    cell's lines cut on three or four sides, however thick, around other ink (`grid-cell-thick`)."""
     cw, ch = x1 - x0, y1 - y0
     fill = area / np.maximum(cw * ch, 1)
     left, top, right, bottom = x0 <= 0, y0 <= 0, x1 >= w, y1 >= h
@@ -950,7 +966,10 @@ def _not_digit_parts(x0, y0, x1, y1, area, h: int, w: int) -> np.ndarray:
     inside = ((x0[None] > x0[:, None]) & (x1[None] < x1[:, None]) & (y0[None] > y0[:, None]) & (y1[None] < y1[:, None])
               & (ch[None] >= 0.25 * ch[:, None]))  # [i, j]: j lies inside i's box
     frame = inside.any(axis=1) & (fill < 0.3)
-    return corner | strip | frame
+    # A cell's own lines, however thick (a Sudoku's box lines, a form's heavy rules), cut on three or
+    # four sides: one mark along the image's edges, from end to end, with other ink inside.
+    cell = inside.any(axis=1) & (touches >= 3) & (cw >= 0.9 * w) & (ch >= 0.9 * h) & (fill < 0.7)
+    return corner | strip | frame | cell
 
 
 def _group(x0, y0, x1, y1, area, apart: np.ndarray, gap: float, height: float) -> np.ndarray:
@@ -961,6 +980,12 @@ def _group(x0, y0, x1, y1, area, apart: np.ndarray, gap: float, height: float) -
     substantial = np.minimum(area[:, None], area[None]) >= 0.05 * np.maximum(area[:, None], area[None])
     join = (dx <= gap) & (dy <= gap) & (substantial | (np.maximum(dx, dy) <= 0.03 * height))
     join &= ~apart[:, None] & ~apart[None]
+    # An underline is not part of the digit above it: a dash (far wider than tall, as wide as half a
+    # digit) lying below another mark stays apart from it (a 5's or a 7's bar is on top).
+    cw, ch = x1 - x0, y1 - y0
+    dash = (cw > 3 * ch) & (cw >= 0.5 * height)
+    below = y0[:, None] >= y1[None] - 0.1 * ch[None]  # [i, j]: i lies below j
+    join &= ~((dash[:, None] & below) | (dash[None] & below.T))
     parent = list(range(len(x0)))
 
     def root(i: int) -> int:
@@ -992,6 +1017,69 @@ def _box_like(mask: np.ndarray) -> bool:
         return False
     total = cv2.countNonZero(mask)
     return cv2.countNonZero(mask[m:-m, m:-m]) < 0.1 * total
+
+
+def _straight_line(mask: np.ndarray) -> bool:
+    """Whether a mark (uint8 mask) is one thin straight line at any angle: its ink's spread across its
+    main axis is under STRAIGHT_SPREAD of its spread along it (image moments). A 1, even a thin one in
+    a tight crop, is ~0.1; a fold or a crease photographed across a page ~0.01."""
+    m = cv2.moments(mask, binaryImage=True)
+    if m["m00"] < 2:
+        return False
+    a, b, c = m["mu20"], m["mu11"], m["mu02"]
+    root = ((a - c) ** 2 + 4 * b * b) ** 0.5
+    major, minor = (a + c + root) / 2, (a + c - root) / 2
+    return major > 0 and max(minor, 0.0) < STRAIGHT_SPREAD ** 2 * major
+
+
+def _underline(mask: np.ndarray) -> np.ndarray | None:
+    """A line drawn under a digit and touching it, in a mark's mask (uint8, cut to its box): the mask of
+    the line's pixels, or None. A straight horizontal run, at least half the mark's width long, in its
+    bottom fifth, reaching beyond the ink above it by UNDERLINE_BEYOND of its length (a 2's base or a
+    1's foot is about as wide as the digit). Kind: `underlined`."""
+    h, w = mask.shape
+    if w < 8 or h < 8:
+        return None
+    counts = cv2.reduce((mask > 0).view(np.uint8), 1, cv2.REDUCE_SUM, dtype=cv2.CV_32S).ravel()
+    if counts[int(0.8 * h) :].max() < w // 2:  # no row of the bottom fifth holds that much ink: no line
+        return None
+
+    def extent(part: np.ndarray) -> int:
+        cols = np.flatnonzero(cv2.reduce(part, 0, cv2.REDUCE_MAX).ravel())
+        return int(cols[-1] - cols[0] + 1) if len(cols) else 0
+
+    if extent(mask[: int(0.8 * h)]) > (1 - UNDERLINE_BEYOND) * extent(mask[int(0.8 * h) :]):
+        return None  # the bottom is no wider than the digit above it: a 2's base, a 1's foot
+    run = cv2.morphologyEx(mask, cv2.MORPH_OPEN, _kernel(max(5, w // 2), 1))
+    rows = np.flatnonzero(cv2.reduce(run, 1, cv2.REDUCE_MAX).ravel())
+    if len(rows) == 0 or rows[0] < 0.8 * h:
+        return None
+    above = mask[: rows[0]]
+    cols = np.flatnonzero(cv2.reduce(above, 0, cv2.REDUCE_MAX).ravel())
+    line_cols = np.flatnonzero(cv2.reduce(run, 0, cv2.REDUCE_MAX).ravel())
+    if len(cols) == 0 or (cols[-1] - cols[0] + 1) > (1 - UNDERLINE_BEYOND) * (line_cols[-1] - line_cols[0] + 1):
+        return None
+    return cv2.dilate(run, _kernel(1, 3))  # with the line's soft edges
+
+
+def _touching_digits(mask: np.ndarray) -> int | None:
+    """Where to cut a mark (uint8 mask, cut to its box) that is two digits written touching: the column
+    (from the left) of the narrowest joint, or None. Only a mark far wider than a digit (TOUCHING_WIDTH
+    times its height; under 1.5% of MNIST's digits are) whose ink, in its middle half, thins to
+    TOUCHING_JOINT of its thickest column and to about one stroke, with a digit-tall part on each side. Kind: `two-digits-touching`."""
+    h, w = mask.shape
+    if w < TOUCHING_WIDTH * h or h < 8:
+        return None
+    column = cv2.reduce((mask > 0).view(np.uint8), 0, cv2.REDUCE_SUM, dtype=cv2.CV_32S).ravel()
+    lo, hi = w // 4, w - w // 4
+    cut = lo + int(np.argmin(column[lo:hi]))
+    if column[cut] > TOUCHING_JOINT * column.max() or column[cut] > TOUCHING_STROKES * stroke_width(mask):
+        return None  # a 0's or a 2's middle holds two strokes: the joint of two digits is about one
+    for part in (mask[:, :cut], mask[:, cut:]):
+        rows = np.flatnonzero(cv2.reduce(part, 1, cv2.REDUCE_MAX).ravel())
+        if len(rows) == 0 or rows[-1] - rows[0] + 1 < SIDE_BY_SIDE_HEIGHT * h:
+            return None
+    return cut
 
 
 def _has_hole(mask: np.ndarray) -> bool:
@@ -1060,10 +1148,24 @@ def keep_digit_components(ink: np.ndarray, level: int, noise: float) -> tuple[li
             continue
         box = (slice(g["y0"], g["y1"]), slice(g["x0"], g["x1"]))
         g["mask"] = _ids_mask(labels[box], g["ids"], n)
+        underline = _underline(g["mask"])
+        if underline is not None:  # drawn touching the digit: cut, and the digit's box is its own again
+            g["mask"] = cv2.subtract(g["mask"], underline)
+            g["cut"] = (box, underline)
+            bx, by, bw, bh = cv2.boundingRect(g["mask"])
+            g.update(x0=g["x0"] + bx, y0=g["y0"] + by, w=bw, h=bh, area=cv2.countNonZero(g["mask"]))
+            g["x1"], g["y1"] = g["x0"] + bw, g["y0"] + bh
+            box = (slice(g["y0"], g["y1"]), slice(g["x0"], g["x1"]))
+            g["mask"] = g["mask"][by : by + bh, bx : bx + bw]
+            fill = g["area"] / float(bw * bh)
+            if max(bw, bh) < min_side:
+                continue
         if fill > 0.75 and g["h"] < 1.8 * g["w"] and not _has_hole(g["mask"]):
             continue  # a blob, a smudge (a bold 0 has a hole)
         if _box_like(g["mask"]):
             continue  # an empty box or cell frame
+        if (g["x0"] <= 0) + (g["y0"] <= 0) + (g["x1"] >= w) + (g["y1"] >= h) >= 2 and _straight_line(g["mask"]):
+            continue  # a fold, a crease or a rule at a slant, from edge to edge of the image
         g["peak"] = cv2.minMaxLoc(ink[box], g["mask"])[1]
         sharpness = edge_sharpness(ink[box], g["mask"], g["peak"])
         if g["peak"] >= min_peak and sharpness >= (MIN_SHARPNESS if g["peak"] >= FAINT_CONTRAST else FAINT_SHARPNESS):
@@ -1079,10 +1181,24 @@ def keep_digit_components(ink: np.ndarray, level: int, noise: float) -> tuple[li
     if beside:  # written with the same pen: a hair or a scratch beside a digit is not a 1
         width = stroke_width(main["mask"])
         beside = [g for g in beside if stroke_width(g["mask"]) >= BESIDE_STROKE * width]
-    digits = sorted([main] + beside, key=lambda g: g["x0"])
-    dropped = any(all(g is not d for d in digits) and max(g["w"], g["h"]) >= 0.3 * main["h"]
+    dropped = any(all(g is not d for d in [main] + beside) and max(g["w"], g["h"]) >= 0.3 * main["h"]
                   and g["area"] >= 0.05 * main["area"] for g in groups)
+    split = _touching_digits(main["mask"]) if not beside else None
+    if split is not None:  # two digits written touching: each side of the narrowest joint is one
+        x = main["x0"] + split
+        beside = [dict(main, x1=x, w=x - main["x0"], keep=(main["x0"], x)),
+                  dict(main, x0=x, w=main["x1"] - x, keep=(x, main["x1"]))]
+        main = beside.pop()
+    digits = sorted([main] + beside, key=lambda g: g["x0"])
     masks = [_ids_mask(labels, g["ids"], n) for g in digits]
+    for mask, g in zip(masks, digits):
+        if "cut" in g:
+            box, underline = g["cut"]
+            mask[box] = cv2.subtract(mask[box], underline)
+            dropped = True
+        if "keep" in g:
+            mask[:, : g["keep"][0]] = 0
+            mask[:, g["keep"][1] :] = 0
     return masks, dropped
 
 
@@ -1252,9 +1368,10 @@ def _prepare_steps(grey: np.ndarray, multi_digit: bool, lap) -> Prepared:
     try:
         masks, marks = keep_digit_components(cleaned, level, noise)
     except ImageError:
-        if lines != 1:
+        if lines != 1 or not _could_be_a_one(ink, cleaned):
             raise
-        # One straight line and nothing else: a tight-cropped 1 or 7 rather than a rule on empty paper.
+        # One upright straight line in the middle and nothing else: a 1 drawn top to bottom (a canvas,
+        # a tight crop) rather than a rule on empty paper.
         cleaned, lines = ink, 0
         masks, marks = keep_digit_components(cleaned, level, noise)
     ink = cleaned
