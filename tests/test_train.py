@@ -588,11 +588,37 @@ def test_existing_output_needs_force(tmp_path, mnist_dir):
     assert load_checkpoint(out).data["recipe"]["epochs"] == 1
 
 
+# Names a file system allows that a path parser may not: every kind of odd character in a file name.
+ODD_NAMES = {
+    "backslash": "back\\slash.pt",
+    "non-utf8": os.fsdecode(b"r\xe9sum\xe9.pt"),
+    "spaces": "my model .pt",
+    "newline": "two\nlines.pt",
+    "quotes-and-shell": "it's \"$HOME\" *?.pt",
+}
+
+
+@pytest.mark.parametrize("name", ODD_NAMES.values(), ids=ODD_NAMES.keys())
+def test_any_file_name_the_file_system_allows_is_written(tmp_path, mnist_dir, name, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # a bare name, as a user types it: torch.save("back\\slash.pt") fails there
+    out = Path(name)
+    result = run(["--data-dir", mnist_dir, "--no-download", "--epochs", 1, "--copies", 0, "--pca", 0, "--no-deskew",
+                  "-q", "--out", out])
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    written = sorted(os.listdir(os.fsencode(tmp_path)))
+    stem = os.fsencode(name)[: -len(b".pt")]
+    assert written == sorted(stem + s for s in (b".pt", b".metrics.json", b".curves.png", b".weights.png",
+                                                  b".confusion.png"))
+    ck = load_checkpoint(out)
+    assert ck.data["recipe"]["epochs"] == 1 and ck.build() is not None
+    assert json.loads((tmp_path / f"{out.stem}.metrics.json").read_text())["model"]["file"] == name
+
+
 def test_ctrl_c_leaves_no_file(tmp_path, mnist_dir, monkeypatch):
     import trainer.checkpoint as checkpoint
 
     def interrupted(ckpt, f, **kw):
-        Path(f).write_bytes(b"half a checkpoint")
+        f.write(b"half a checkpoint")
         raise KeyboardInterrupt
 
     monkeypatch.setattr(checkpoint.torch, "save", interrupted)

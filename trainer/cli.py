@@ -12,6 +12,7 @@ from pathlib import Path
 import click
 
 from infer.contract import TOOL_VERSION
+from infer.output import escape_path
 from trainer.outputs import OutputError, OutputPaths, claim_output_folder, release_output_folder
 from trainer.recipes import OPTIMIZERS, RECIPES, SCHEDULES
 
@@ -267,10 +268,12 @@ def _run(chosen, model_config, paths: OutputPaths, created, *, seed, val_size, k
         if paths.curves is not None:
             from trainer.plots import plot_confusion, plot_curves, plot_first_layer
 
-            plot_curves(history, paths.curves, model_name=out.name)
-            plot_first_layer(result.model.layers[0].weight.detach().numpy(), paths.weights, model_name=out.name)
+            # Titles and PNG text are text: a name with undecodable bytes is shown as mnist-infer prints it.
+            shown = escape_path(out.name)
+            plot_curves(history, paths.curves, model_name=shown)
+            plot_first_layer(result.model.layers[0].weight.detach().numpy(), paths.weights, model_name=shown)
             plot_confusion(result.test_confusion, paths.confusion,
-                           f"{out.name}: test set, {100 * result.test_accuracy:.2f}% correct", model_name=out.name)
+                           f"{shown}: test set, {100 * result.test_accuracy:.2f}% correct", model_name=shown)
     except KeyboardInterrupt:
         for p in paths.all():
             p.unlink(missing_ok=True)
