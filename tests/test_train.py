@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -612,6 +613,23 @@ def test_any_file_name_the_file_system_allows_is_written(tmp_path, mnist_dir, na
     ck = load_checkpoint(out)
     assert ck.data["recipe"]["epochs"] == 1 and ck.build() is not None
     assert json.loads((tmp_path / f"{out.stem}.metrics.json").read_text())["model"]["file"] == name
+
+
+@pytest.mark.parametrize("args", [["--optimizer", "adamw"], ["--optimizer", "sgd", "--schedule", "constant"],
+                                  ["--recipe", "seed", "--batch-size", "256"]], ids=["adamw", "sgd", "seed"])
+def test_a_diverging_run_stops_at_once_and_writes_nothing(tmp_path, mnist_dir, args):
+    out = tmp_path / "runs" / "nan.pt"
+    result = run(["--data-dir", mnist_dir, "--no-download", "--lr", "1e9", "--epochs", 3, "--copies", 0, "--pca", 0,
+                  "--no-deskew", "--out", out, *args])
+    assert result.exit_code == 1, result.output
+    assert result.stdout == "" and "Traceback" not in result.output
+    errors = [line for line in result.stderr.splitlines() if line.startswith("Error")]
+    # AdamW's one-cycle run reaches NaN; plain SGD and the seed recipe a finite loss in the billions.
+    loss = "nan" if "adamw" in args else r"(nan|inf|[0-9.]+e\+[0-9]+)"
+    assert len(errors) == 1 and re.fullmatch(rf"Error: training diverged: the loss is {loss} at epoch 1 \(lr 1e\+09\): "
+                                             r"lower --lr; nothing was written", errors[0]), errors
+    assert "epoch 1/3" in result.stderr and "epoch 3/3" not in result.stderr  # stopped at the first bad epoch
+    assert list(tmp_path.iterdir()) == []  # no model, no side files, not even the folder made for them
 
 
 def test_ctrl_c_leaves_no_file(tmp_path, mnist_dir, monkeypatch):

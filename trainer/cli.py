@@ -211,7 +211,7 @@ def _run(chosen, model_config, paths: OutputPaths, created, *, seed, val_size, k
 
     from trainer.checkpoint import checkpoint_dict, file_sha256, history_dicts, save_checkpoint
     from trainer.data import DataError, load_mnist
-    from trainer.train import TrainConfig, train
+    from trainer.train import TrainConfig, TrainingDiverged, train
 
     torch.set_num_threads(threads)
     dev = _pick_device(device)
@@ -233,6 +233,9 @@ def _run(chosen, model_config, paths: OutputPaths, created, *, seed, val_size, k
         progress.close()
         click.echo("interrupted: nothing was written", err=True)
         sys.exit(130)
+    except TrainingDiverged as exc:
+        progress.close()
+        raise click.ClickException(f"{exc}: lower --lr; nothing was written") from None
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
     finally:
