@@ -237,6 +237,43 @@ def test_cuda_verification_without_cuda_is_exit_1(trained, tmp_path, mnist_dir):
 # --- bad input -------------------------------------------------------------------------------------
 
 
+def _poisoned(trained: Path, tmp_path: Path, kind: str) -> tuple[Path, str]:
+    """A checkpoint whose weights a diverged run left not finite: ours or a foreign state_dict."""
+    data = torch.load(trained, weights_only=True)
+    state = data["state_dict"]
+    if kind == "own-nan":
+        state["layers.1.weight"][3, 5] = float("nan")
+        words = "layers.1.weight holds 1 NaN value of 256"
+    elif kind == "own-inf":
+        state["layers.0.bias"][:2] = torch.tensor([float("inf"), -float("inf")])
+        words = "layers.0.bias holds 2 infinite values of 16"
+    elif kind == "own-all-nan":
+        for v in state.values():
+            v.fill_(float("nan"))
+        words = "layers.0.weight holds 12544 NaN values of 12544"
+    else:  # a tutorial's state_dict, all NaN but one infinite weight
+        data = {"fc1.weight": state["layers.0.weight"], "fc1.bias": state["layers.0.bias"],
+                "fc2.weight": state["layers.1.weight"], "fc2.bias": state["layers.1.bias"],
+                "fc3.weight": state["layers.2.weight"].fill_(float("nan")), "fc3.bias": state["layers.2.bias"]}
+        data["fc3.weight"][0, 0] = float("inf")
+        words = "fc3.weight holds 159 NaN and 1 infinite values of 160"
+    path = tmp_path / f"{kind}.pt"
+    torch.save(data, path)
+    return path, words
+
+
+@pytest.mark.parametrize("verify", [[], ["--no-verify"]], ids=["verify", "no-verify"])
+@pytest.mark.parametrize("kind", ["own-nan", "own-inf", "own-all-nan", "foreign"])
+def test_weights_that_are_not_finite_are_refused_naming_the_tensor(trained, tmp_path, mnist_dir, kind, verify):
+    path, words = _poisoned(trained, tmp_path, kind)
+    result = run([path, "-o", tmp_path / "m.onnx", "--data-dir", mnist_dir, *verify])
+    assert result.exit_code == 1, result.output
+    errors = [line for line in result.stderr.splitlines() if line.startswith("Error")]
+    assert len(errors) == 1 and words in errors[0] and "diverged" in errors[0], result.stderr
+    assert "max abs diff" not in result.output and "Traceback" not in result.output and result.stdout == ""
+    assert sorted(p.name for p in tmp_path.iterdir()) == [path.name]  # no ONNX file, no report
+
+
 def _bad_input(tmp_path: Path, kind: str) -> Path:
     path = tmp_path / f"{kind}.pt"
     if kind == "text":
