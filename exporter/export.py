@@ -263,12 +263,17 @@ def _ort_outputs(session, pixels: np.ndarray, batch: int) -> dict[str, np.ndarra
 
 def load_test_set(data_dir, deskewed: bool = False) -> tuple[np.ndarray, np.ndarray] | None:
     """MNIST test pixels [N,1,28,28] float32 in [0,1] (deskewed when the model reads deskewed digits)
-    and labels int64 [N], or None when the data is not on disk."""
-    from trainer.data import DataError, load_mnist
+    and labels int64 [N], or None when the user cache (data_dir None, no $MNIST_DATA) lacks it.
+
+    A folder the user named (data_dir, $MNIST_DATA) must hold MNIST: raises trainer.data.DataError
+    otherwise, since a proof quietly made without the test set is not what was asked for."""
+    from trainer.data import DataError, load_mnist, named_data_dir
 
     try:
         data = load_mnist(data_dir, download=False)
     except DataError:
+        if named_data_dir(data_dir) is not None:
+            raise
         return None
     images = data.test_images.numpy()
     return to_model_input(deskew(images) if deskewed else images), data.test_labels.numpy()

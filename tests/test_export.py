@@ -191,8 +191,11 @@ def test_tolerance_is_enforced(trained, tmp_path, mnist_dir):
     assert result.exit_code == 1 and not (tmp_path / "m.onnx").exists()
 
 
-def test_without_test_set_says_so(trained, tmp_path):
-    result = run([trained, "-o", tmp_path / "m.onnx", "--data-dir", tmp_path / "nowhere"])
+def test_without_test_set_says_so(trained, tmp_path, monkeypatch):
+    """Only the user cache may lack MNIST (no --data-dir, no $MNIST_DATA): the proof runs without it, says so."""
+    monkeypatch.delenv("MNIST_DATA", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    result = run([trained, "-o", tmp_path / "m.onnx"])
     assert result.exit_code == 0, result.output
     assert "MNIST test set not found" in result.stderr and "partly verified" in result.stderr
     report = json.loads((tmp_path / "m.onnx.json").read_text())
@@ -201,6 +204,54 @@ def test_without_test_set_says_so(trained, tmp_path):
     assert summary["verified"] is False and summary["test_accuracy"] is None
     assert summary["check_status"] == {"test_set": "not run: MNIST test set not found", "edge_inputs": "passed",
                                        "batch_sizes": "passed"}
+
+
+def _named_data_folder(kind: str, tmp_path: Path, mnist_dir: Path) -> Path:
+    """A folder a user could name for MNIST that does not hold it, one of each kind."""
+    if kind == "missing":
+        return tmp_path / "no-such" / "folder"
+    raw = tmp_path / "data" / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    if kind == "empty":
+        return tmp_path / "data"
+    for name in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"):
+        data = (mnist_dir / "MNIST" / "raw" / name).read_bytes()
+        if kind == "one-file-missing" and name.startswith("t10k-labels"):
+            continue
+        (raw / name).write_bytes(data[:999] if kind == "truncated" and name.startswith("t10k-labels") else data)
+    return tmp_path / "data"
+
+
+NAMED_KINDS = {"missing": "no such folder", "empty": "MNIST not found", "one-file-missing": "t10k-labels-idx1-ubyte missing",
+               "truncated": "truncated"}
+
+
+@pytest.mark.parametrize("how", ["--data-dir", "$MNIST_DATA", "--check"])
+@pytest.mark.parametrize("kind", NAMED_KINDS)
+def test_a_named_folder_without_mnist_is_a_usage_error_before_any_work(trained, exported, tmp_path, mnist_dir,
+                                                                        monkeypatch, kind, how):
+    folder = _named_data_folder(kind, tmp_path, mnist_dir)
+    before = sorted(tmp_path.rglob("*"))
+    if how == "$MNIST_DATA":
+        monkeypatch.setenv("MNIST_DATA", str(folder))
+        args = []
+    else:
+        args = ["--data-dir", folder] + (["--check", exported, "--report", tmp_path / "r.json"] if how == "--check" else [])
+    result = run([trained, "-o", tmp_path / "z.onnx", *args])
+    assert result.exit_code == 2, result.output
+    errors = [line for line in result.stderr.splitlines() if line.startswith("Error")]
+    assert len(errors) == 1 and NAMED_KINDS[kind] in errors[0], result.stderr
+    assert errors[0].startswith("Error: $MNIST_DATA: " if how == "$MNIST_DATA" else "Error: Invalid value for '--data-dir': ")
+    assert "verified" not in result.output and "Traceback" not in result.output and result.stdout == ""
+    assert sorted(tmp_path.rglob("*")) == before
+
+
+def test_no_verify_reads_no_mnist_data_but_checks_a_data_dir_named_on_the_command_line(trained, tmp_path, monkeypatch):
+    monkeypatch.setenv("MNIST_DATA", str(tmp_path / "nowhere"))  # set for other commands; not needed here
+    ok = run([trained, "-o", tmp_path / "a.onnx", "--no-verify"])
+    assert ok.exit_code == 0 and (tmp_path / "a.onnx").is_file()
+    typo = run([trained, "-o", tmp_path / "b.onnx", "--no-verify", "--data-dir", tmp_path / "nowhere"])
+    assert typo.exit_code == 2 and "no such folder" in typo.stderr and not (tmp_path / "b.onnx").exists()
 
 
 def test_stdout_says_which_checks_ran(exported, trained, tmp_path, mnist_dir):

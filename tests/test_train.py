@@ -76,12 +76,12 @@ def _copy_raw(mnist_dir: Path, dest: Path) -> Path:
 
 def test_missing_files_offline_name_the_four_files(tmp_path):
     result = run(["--data-dir", tmp_path, "--no-download", "--out", tmp_path / "m.pt"])
-    assert result.exit_code == 1
+    assert result.exit_code == 2
     msg = result.stderr
     assert "Traceback" not in result.output
     for name in MNIST_FILES:
         assert name in msg
-    assert str(tmp_path / "MNIST" / "raw") in msg and "--no-download was given" in msg
+    assert str(tmp_path / "MNIST" / "raw") in msg and "Invalid value for '--data-dir'" in msg
     assert "could not be downloaded" not in msg  # nothing was tried
     assert list(tmp_path.iterdir()) == []  # no model, no folders
 
@@ -92,9 +92,55 @@ def test_a_data_dir_typo_creates_nothing(tmp_path, monkeypatch, typo):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "out").mkdir()
     result = run(["--data-dir", tmp_path / typo, "--out", tmp_path / "out" / "m.pt"])
-    assert result.exit_code == 1 and "Traceback" not in result.output
-    assert "MNIST not found" in result.stderr and "user cache" in result.stderr
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert ("MNIST not found" in result.stderr or "no such folder" in result.stderr) and "user cache" in result.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"] and list((tmp_path / "out").iterdir()) == []
+
+
+def named_data_folder(kind: str, tmp_path: Path, mnist_dir: Path) -> Path:
+    """A folder a user could name for MNIST that does not hold it, one of each kind."""
+    folder = tmp_path / "data"
+    if kind == "missing":
+        return tmp_path / "no-such" / "folder"
+    folder.mkdir()
+    if kind == "empty":
+        return folder
+    raw = _copy_raw(mnist_dir, folder)
+    if kind == "one-file-missing":
+        (raw / "t10k-labels-idx1-ubyte").unlink()
+    elif kind == "truncated":
+        (raw / "train-labels-idx1-ubyte").unlink()
+        (raw / "train-labels-idx1-ubyte").write_bytes((mnist_dir / "MNIST/raw/train-labels-idx1-ubyte").read_bytes()[:999])
+    elif kind == "raw-of-another-dataset":  # right names, wrong counts (e.g. EMNIST or a subset)
+        for name in MNIST_FILES:
+            (raw / name).unlink()
+            (raw / name).write_bytes(b"\x00\x00\x08\x01" + (5).to_bytes(4, "big") + bytes(5))
+    return folder
+
+
+NAMED_KINDS = {"missing": "no such folder", "empty": "MNIST not found", "one-file-missing": "t10k-labels-idx1-ubyte missing",
+               "truncated": "truncated", "raw-of-another-dataset": "expected 0x00000803"}
+
+
+@pytest.mark.parametrize("how", ["--data-dir", "$MNIST_DATA"])
+@pytest.mark.parametrize("kind", NAMED_KINDS)
+def test_a_named_folder_without_mnist_is_a_usage_error_before_any_work(tmp_path, mnist_dir, monkeypatch, kind, how):
+    folder = named_data_folder(kind, tmp_path, mnist_dir)
+    before = sorted(tmp_path.rglob("*"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    if how == "$MNIST_DATA":
+        monkeypatch.setenv("MNIST_DATA", str(folder))
+        args = []
+    else:
+        args = ["--data-dir", folder]
+    result = run([*args, "--epochs", 1, "--out", tmp_path / "runs" / "m.pt"])
+    assert result.exit_code == 2, result.output
+    errors = [line for line in result.stderr.splitlines() if line.startswith("Error")]
+    assert len(errors) == 1 and NAMED_KINDS[kind] in errors[0] and "user cache" in errors[0], result.stderr
+    prefix = "Error: Invalid value for '--data-dir': " if how == "--data-dir" else "Error: $MNIST_DATA: "
+    assert errors[0].startswith(prefix)
+    assert "training" not in result.stderr and "Traceback" not in result.output and result.stdout == ""
+    assert sorted(tmp_path.rglob("*")) == before  # no runs/ folder, no cache, nothing downloaded
 
 
 def test_no_download_with_an_empty_cache_says_so(tmp_path, monkeypatch):
@@ -128,7 +174,7 @@ def test_truncated_file_is_a_clear_error(tmp_path, mnist_dir):
     with pytest.raises(DataError, match="truncated"):
         load_mnist(tmp_path, download=False)
     result = run(["--data-dir", tmp_path, "--no-download", "--out", tmp_path / "m.pt"])
-    assert result.exit_code == 1 and "truncated" in result.stderr and "Traceback" not in result.output
+    assert result.exit_code == 2 and "truncated" in result.stderr and "Traceback" not in result.output
 
 
 def test_wrong_magic_and_wrong_count(tmp_path, mnist_dir):
@@ -570,10 +616,13 @@ def test_bad_destinations_are_refused_before_training(tmp_path, mnist_dir, make_
     assert {p: p.read_bytes() for p in tmp_path.iterdir()} == before
 
 
-def test_a_new_output_folder_is_made_and_removed_again_if_nothing_is_written(tmp_path, mnist_dir):
+def test_a_new_output_folder_is_made_and_removed_again_if_nothing_is_written(tmp_path, mnist_dir, monkeypatch):
     out = tmp_path / "runs" / "a" / "model.pt"
-    failed = run(["--data-dir", tmp_path / "no-mnist-here", "--out", out])
-    assert failed.exit_code == 1 and list(tmp_path.iterdir()) == []
+    with monkeypatch.context() as env:  # an empty user cache and --no-download: fails after the folder was made
+        env.delenv("MNIST_DATA", raising=False)
+        env.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+        failed = run(["--no-download", "--out", out])
+    assert failed.exit_code == 1 and "--no-download forbids" in failed.stderr and list(tmp_path.iterdir()) == []
     ok = run(["--data-dir", mnist_dir, "--no-download", "--recipe", "seed", "--epochs", 1, "--no-plots", "-q",
               "--out", out])
     assert ok.exit_code == 0 and out.is_file()
