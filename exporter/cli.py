@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -98,6 +99,18 @@ def _check_named_data(data_dir, verifying: bool) -> None:
         if how == "--data-dir":
             raise click.BadParameter(str(exc), param_hint="'--data-dir'") from None
         raise click.UsageError(f"{how}: {exc}") from None
+
+
+# infer's ProviderError speaks mnist-infer's option ("use --provider cpu or auto to run on the CPU");
+# mnist-export's is --verify-provider, so its hint is rewritten, never passed on naming an option it lacks.
+_INFER_CPU_HINT = re.compile(r"use --provider [a-z]+(?: or [a-z]+)* to run on the CPU")
+_INFER_PROVIDER_FLAG = re.compile(r"(?<![\w-])--provider(?: (?:auto|cpu|cuda)(?: or (?:auto|cpu|cuda))*)?")
+
+
+def _provider_message(exc: Exception) -> str:
+    """A ProviderError's one line in mnist-export's terms."""
+    text = _INFER_CPU_HINT.sub("leave out --verify-provider cuda to verify on the CPU alone", str(exc))
+    return _INFER_PROVIDER_FLAG.sub("--verify-provider cpu", text)
 
 
 def _report_bytes(payload: dict) -> bytes:
@@ -201,8 +214,10 @@ def main(checkpoint, output, report, activation, input_scale, opset, atol, rtol,
             click.echo("WARNING: --no-verify: NOTHING WAS CHECKED. This ONNX file has not been compared with PyTorch "
                        "and its metadata says so.", err=True)
         result = export_onnx(source, config)
-    except (CheckpointError, ProviderError) as exc:
+    except CheckpointError as exc:
         raise click.ClickException(str(exc)) from None
+    except ProviderError as exc:
+        raise click.ClickException(_provider_message(exc)) from None
     except VerificationError as exc:
         payload = {"checkpoint": str(checkpoint), "output": None, "verified": False,
                    "check_status": check_status(exc.report)[1], **exc.report.to_dict()}
@@ -299,8 +314,10 @@ def _check(checkpoint: Path, check_path: Path, report: Path | None, options, con
                 f"--input-scale {options.input_scale.name}")
         ckpt = source.checkpoint
         result = verify_export(check_path.read_bytes(), ckpt, config, load_test_set(config.data_dir, deskewed=ckpt.deskew))
-    except (CheckpointError, ProviderError) as exc:
+    except CheckpointError as exc:
         raise click.ClickException(str(exc)) from None
+    except ProviderError as exc:
+        raise click.ClickException(_provider_message(exc)) from None
     verified, status = check_status(result)
     payload = {"checkpoint": str(checkpoint), "model": str(check_path), "verified": verified,
                "check_status": status, **result.to_dict()}

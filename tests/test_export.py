@@ -5,6 +5,7 @@ import hashlib
 import json
 import os
 import pickle
+import re
 import shutil
 import subprocess
 import sys
@@ -276,13 +277,46 @@ def test_no_verify_is_loud(trained, tmp_path):
     assert json.loads((tmp_path / "m.onnx.json").read_text())["verified"] is False
 
 
-def test_cuda_verification_without_cuda_is_exit_1(trained, tmp_path, mnist_dir):
+def options_not_on_mnist_export(text: str) -> list[str]:
+    """The --options a message names for mnist-export that it does not have (one named for another
+    command, `mnist-infer --doctor`, is that command's)."""
+    ours = {o for p in main.params for o in (*p.opts, *p.secondary_opts)} | {"--help", "--version"}
+    return [m.group(2) for m in re.finditer(r"(?:(mnist-\w+) )?(?<![\w-])(--[a-z][a-z0-9-]*)", text)
+            if m.group(1) in (None, "mnist-export") and m.group(2) not in ours]
+
+
+@pytest.mark.parametrize("build", ["as-installed", "without-cuda-provider"])
+@pytest.mark.parametrize("check", [False, True], ids=["export", "check"])
+def test_cuda_verification_without_cuda_is_exit_1_with_a_hint_naming_our_option(trained, exported, tmp_path, mnist_dir,
+                                                                                 monkeypatch, build, check):
     if "CUDAExecutionProvider" in ort.get_available_providers() and torch.cuda.is_available():
         pytest.skip("this machine has CUDA")
+    if build == "without-cuda-provider":  # the plain onnxruntime package: another hint from infer
+        import infer.cuda
+
+        monkeypatch.setattr(infer.cuda, "has_cuda_provider", lambda: False)
     out = tmp_path / "m.onnx"
-    result = run([trained, "-o", out, "--data-dir", mnist_dir, "--verify-provider", "cuda"])
+    mode = ["--check", exported, "--report", tmp_path / "r.json"] if check else ["-o", out]
+    result = run([trained, *mode, "--data-dir", mnist_dir, "--verify-provider", "cuda"])
     assert result.exit_code == 1 and "CUDA" in result.stderr and "Traceback" not in result.output
-    assert not out.exists()
+    errors = [line for line in result.stderr.splitlines() if line.startswith("Error")]
+    assert len(errors) == 1 and "--verify-provider cuda" in errors[0], result.stderr
+    assert options_not_on_mnist_export(result.stderr) == []
+    assert not out.exists() and not (tmp_path / "r.json").exists()
+
+
+def test_every_option_the_exporter_names_exists():
+    """Every --option in a string of exporter/ (messages, hints, help) is one of mnist-export's; regular
+    expressions (which match other commands' words to rewrite them) are not messages."""
+    import ast
+
+    for path in sorted((ROOT / "exporter").glob("*.py")):
+        tree = ast.parse(path.read_text())
+        patterns = {id(a) for n in ast.walk(tree) if isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute)
+                    and n.func.attr == "compile" for a in n.args}
+        texts = [n.value for n in ast.walk(tree) if isinstance(n, ast.Constant) and isinstance(n.value, str)
+                 and id(n) not in patterns]
+        assert options_not_on_mnist_export("\n".join(texts)) == [], path.name
 
 
 # --- bad input -------------------------------------------------------------------------------------

@@ -703,6 +703,19 @@ def test_cuda_asked_without_cuda_is_an_error(tmp_path, mnist_dir):
     assert result.exit_code == 1 and "CUDA" in result.stderr
 
 
+def test_every_option_the_trainer_names_exists():
+    """Every --option in a string of trainer/ (messages, hints, help) is one of mnist-train's, unless it
+    is named with another command (`mnist-export ... --check`)."""
+    import ast
+
+    ours = {o for p in main.params for o in (*p.opts, *p.secondary_opts)} | {"--help", "--version"}
+    for path in sorted((ROOT / "trainer").glob("*.py")):
+        texts = [n.value for n in ast.walk(ast.parse(path.read_text())) if isinstance(n, ast.Constant)
+                 and isinstance(n.value, str)]
+        named = re.finditer(r"(?:(mnist-\w+) )?(?<![\w-])(--[a-z][a-z0-9-]*)", "\n".join(texts))
+        assert [m.group(2) for m in named if m.group(1) in (None, "mnist-train") and m.group(2) not in ours] == [], path.name
+
+
 def test_installed_command_runs(tmp_path, mnist_dir):
     exe = shutil.which("mnist-train", path=os.path.dirname(sys.executable))
     assert exe, "mnist-train is not installed beside this Python"
