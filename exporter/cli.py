@@ -10,6 +10,7 @@ from pathlib import Path
 import click
 
 from infer.contract import TOOL_VERSION
+from trainer.clitext import EscapingCommand, say, shown
 
 # trainer.model.ACTIVATIONS, spelled out so that --help does not import torch (a test keeps them equal).
 ACTIVATION_CHOICES = ("sigmoid", "relu", "tanh")
@@ -150,7 +151,7 @@ def _one_line(failures: list[str], report_path: Path) -> str:
     return f"verification failed: {failures[0]}{more}; report: {report_path}"
 
 
-@click.command(epilog=EPILOG, context_settings={"help_option_names": ["-h", "--help"]})
+@click.command(cls=EscapingCommand, epilog=EPILOG, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(TOOL_VERSION, prog_name="mnist-export")
 @click.argument("checkpoint", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path),
@@ -188,7 +189,7 @@ def main(checkpoint, output, report, activation, input_scale, opset, atol, rtol,
     from infer.engine import ProviderError
     from trainer.checkpoint import CheckpointError
 
-    log = (lambda msg: None) if quiet else (lambda msg: click.echo(msg, err=True))
+    log = (lambda msg: None) if quiet else say
     try:
         scale = InputScale.parse(input_scale) if input_scale is not None else None
     except ValueError as exc:
@@ -219,11 +220,11 @@ def main(checkpoint, output, report, activation, input_scale, opset, atol, rtol,
     except ProviderError as exc:
         raise click.ClickException(_provider_message(exc)) from None
     except VerificationError as exc:
-        payload = {"checkpoint": str(checkpoint), "output": None, "verified": False,
+        payload = {"checkpoint": shown(checkpoint), "output": None, "verified": False,
                    "check_status": check_status(exc.report)[1], **exc.report.to_dict()}
         _commit({report_path: _report_bytes(payload)})
         log(_table(exc.report))
-        click.echo(f"Error: {_one_line(exc.report.failures, report_path)}; no model was written", err=True)
+        say(f"Error: {_one_line(exc.report.failures, report_path)}; no model was written")
         sys.exit(1)
     except KeyboardInterrupt:
         click.echo("interrupted: nothing was written", err=True)
@@ -240,7 +241,7 @@ def main(checkpoint, output, report, activation, input_scale, opset, atol, rtol,
     elif source.imported and result.report is not None:
         log("note: the activation and input scaling were not scored (MNIST test set not found)")
     if result.hint:
-        click.echo(f"hint: {result.hint}", err=True)
+        say(f"hint: {result.hint}")
     verified, status = check_status(result.report)
     if result.report is not None:
         log(f"{'verified' if verified else 'partly verified'}: wrote {output} ({result.seconds['total']:.1f}s); "
@@ -249,7 +250,7 @@ def main(checkpoint, output, report, activation, input_scale, opset, atol, rtol,
         log(f"wrote {output} UNVERIFIED ({result.seconds['total']:.1f}s); report: {report_path}")
     test = next((c for c in (result.report.checks if result.report else []) if c.name == "test set"), None)
     click.echo(json.dumps({
-        "model": str(output), "report": str(report_path), "sha256": result.sha256,
+        "model": shown(output), "report": shown(report_path), "sha256": result.sha256,
         "source_format": source.format["kind"], "verified": verified, "check_status": status,
         "test_accuracy": test.accuracy_ort if test else None, "hint": result.hint,
     }))
@@ -319,12 +320,12 @@ def _check(checkpoint: Path, check_path: Path, report: Path | None, options, con
     except ProviderError as exc:
         raise click.ClickException(_provider_message(exc)) from None
     verified, status = check_status(result)
-    payload = {"checkpoint": str(checkpoint), "model": str(check_path), "verified": verified,
+    payload = {"checkpoint": shown(checkpoint), "model": shown(check_path), "verified": verified,
                "check_status": status, **result.to_dict()}
     _commit({report_path: _report_bytes(payload)})
     log(_table(result))
     if not result.passed:
         raise click.ClickException(_one_line(result.failures, report_path))
     log(f"{check_path} {'verified' if verified else 'partly verified'} against {checkpoint}; report: {report_path}")
-    click.echo(json.dumps({"model": str(check_path), "checkpoint": str(checkpoint), "report": str(report_path),
+    click.echo(json.dumps({"model": shown(check_path), "checkpoint": shown(checkpoint), "report": shown(report_path),
                            "verified": verified, "check_status": status}))

@@ -13,6 +13,7 @@ import numpy as np
 
 from infer import contract as C
 from infer.engine import make_session
+from infer.output import escape_path
 from infer.preprocess import deskew, to_model_input
 from trainer.checkpoint import Checkpoint
 
@@ -175,9 +176,10 @@ class ExportResult:
     hint: str | None = None  # one line when another activation/scaling reads the digits much better
 
     def to_dict(self, checkpoint: Path, output: Path) -> dict:
-        """The report file's content (the proof, the source's format, the alternatives scored)."""
+        """The report file's content (the proof, the source's format, the alternatives scored); paths as
+        infer.output.escape_path writes them."""
         verified, status = check_status(self.report)
-        payload = {"checkpoint": str(checkpoint), "output": str(output), "sha256": self.sha256,
+        payload = {"checkpoint": escape_path(str(checkpoint)), "output": escape_path(str(output)), "sha256": self.sha256,
                    "source_format": self.source.format, "verified": verified, "check_status": status,
                    "seconds": {k: round(v, 3) for k, v in self.seconds.items()}}
         if self.alternatives is not None:

@@ -599,6 +599,41 @@ def test_installed_command(trained, tmp_path, mnist_dir):
     assert mod.returncode == 0 and "Examples" in mod.stdout
 
 
+def test_train_and_export_print_paths_as_mnist_infer_does(trained, tmp_path, mnist_dir):
+    """Real processes, real file names (bytes): every path on stdout (JSON) and stderr, and in the files
+    written, is infer.output.escape_path's text, valid UTF-8, as mnist-infer writes it."""
+    from infer.output import escape_path, unescape_path
+
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "MNIST_DATA": str(mnist_dir)}
+    name = os.fsdecode(b"r\xe9sum\xe9 caf\xc3\xa9 back\\slash")  # Latin-1 bytes (not UTF-8), UTF-8, a backslash
+    shutil.copy(trained, tmp_path / f"{name}.pt")
+
+    def call(module, *args):
+        proc = subprocess.run([sys.executable, "-m", module, *args], cwd=tmp_path, env=env, capture_output=True,
+                              timeout=300)
+        return proc.returncode, proc.stdout.decode("utf-8"), proc.stderr.decode("utf-8")  # strict: no lone surrogate
+
+    code, out, err = call("trainer", "--epochs", "1", "--copies", "0", "--pca", "0", "--no-plots", "--out",
+                          f"{name}.new.pt")
+    assert code == 0, err
+    assert json.loads(out)["model"] == escape_path(f"{name}.new.pt") and "\\ud" not in out
+    assert f"wrote {escape_path(name)}.new.pt, {escape_path(name)}.new.metrics.json" in err
+    assert json.loads((tmp_path / f"{name}.new.metrics.json").read_bytes().decode("utf-8"))["model"]["file"] == \
+        escape_path(f"{name}.new.pt")
+
+    code, out, err = call("exporter", f"{name}.pt", "-o", f"{name}.onnx", "--no-verify")  # the proof prints no path
+    assert code == 0, err
+    printed = json.loads(out)
+    assert (printed["model"], printed["report"]) == (escape_path(f"{name}.onnx"), escape_path(f"{name}.onnx.json"))
+    assert unescape_path(printed["model"]) == f"{name}.onnx" and (tmp_path / unescape_path(printed["model"])).is_file()
+    assert f"wrote {escape_path(name)}.onnx" in err
+    report = json.loads((tmp_path / f"{name}.onnx.json").read_bytes().decode("utf-8"))
+    assert (report["checkpoint"], report["output"]) == (escape_path(f"{name}.pt"), escape_path(f"{name}.onnx"))
+
+    code, out, err = call("exporter", f"{name}.pt", "-o", f"{name}.onnx")  # exists: a usage error naming it
+    assert code == 2 and f"Error: {escape_path(name)}.onnx and {escape_path(name)}.onnx.json already exist" in err
+
+
 def test_deskew_travels_from_checkpoint_to_model_to_infer(trained, tmp_path, mnist_dir, mnist_pngs):
     """A checkpoint that reads deskewed digits: the export records it and is proved on deskewed test
     digits; mnist-infer deskews for it, so the MNIST PNGs score exactly the proof's accuracy."""

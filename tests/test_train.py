@@ -16,6 +16,7 @@ import torch
 from click.testing import CliRunner
 from PIL import Image
 
+from infer.output import escape_path
 from infer.preprocess import deskew
 from trainer.augment import THICKER, THINNER, affine_matrices, augment, build_pool, stroke_changes
 from trainer.checkpoint import file_sha256, load_checkpoint
@@ -653,15 +654,18 @@ def test_any_file_name_the_file_system_allows_is_written(tmp_path, mnist_dir, na
     monkeypatch.chdir(tmp_path)  # a bare name, as a user types it: torch.save("back\\slash.pt") fails there
     out = Path(name)
     result = run(["--data-dir", mnist_dir, "--no-download", "--epochs", 1, "--copies", 0, "--pca", 0, "--no-deskew",
-                  "-q", "--out", out])
+                  "--out", out])
     assert result.exit_code == 0, result.output + repr(result.exception)
+    # Printed as mnist-infer prints paths (infer.output.escape_path): valid UTF-8, no lone surrogate.
+    assert json.loads(result.stdout_bytes.decode("utf-8"))["model"] == escape_path(name)
+    assert "\\ud" not in result.stdout and f"wrote {escape_path(name)}, " in result.stderr_bytes.decode("utf-8")
     written = sorted(os.listdir(os.fsencode(tmp_path)))
     stem = os.fsencode(name)[: -len(b".pt")]
     assert written == sorted(stem + s for s in (b".pt", b".metrics.json", b".curves.png", b".weights.png",
                                                   b".confusion.png"))
     ck = load_checkpoint(out)
     assert ck.data["recipe"]["epochs"] == 1 and ck.build() is not None
-    assert json.loads((tmp_path / f"{out.stem}.metrics.json").read_text())["model"]["file"] == name
+    assert json.loads((tmp_path / f"{out.stem}.metrics.json").read_text())["model"]["file"] == escape_path(name)
 
 
 @pytest.mark.parametrize("args", [["--optimizer", "adamw"], ["--optimizer", "sgd", "--schedule", "constant"],

@@ -4,7 +4,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
-import os
 import sys
 import time
 from pathlib import Path
@@ -13,6 +12,7 @@ import click
 
 from infer.contract import TOOL_VERSION
 from infer.output import escape_path
+from trainer.clitext import EscapingCommand, say, shown
 from trainer.outputs import OutputError, OutputPaths, claim_output_folder, release_output_folder
 from trainer.recipes import OPTIMIZERS, RECIPES, SCHEDULES
 
@@ -52,10 +52,10 @@ def _check_out(ctx, param, value: str) -> Path:
         raise click.BadParameter("is empty: name the checkpoint file, e.g. --out model.pt")
     path = Path(value)
     if path.suffix.lower() == ".onnx":
-        raise click.BadParameter(f"{value!r}: mnist-train writes a PyTorch checkpoint (.pt); make the ONNX model "
+        raise click.BadParameter(f"'{value}': mnist-train writes a PyTorch checkpoint (.pt); make the ONNX model "
                                  f"from it with mnist-export, e.g. --out {path.with_suffix('.pt')}")
     if path.suffix.lower() not in (".pt", ".pth"):
-        raise click.BadParameter(f"{value!r}: a checkpoint file name ends in .pt (or .pth), e.g. runs/a/model.pt")
+        raise click.BadParameter(f"'{value}': a checkpoint file name ends in .pt (or .pth), e.g. runs/a/model.pt")
     return path
 
 
@@ -102,9 +102,9 @@ class Progress:
         if not self.enabled:
             return
         if self.bar is not None:
-            self.bar.write(msg, file=sys.stderr)
+            self.bar.write(escape_path(msg), file=sys.stderr)
         else:
-            click.echo(msg, err=True)
+            say(msg)
 
     def start(self) -> None:
         """The first epoch begins: on a terminal, the bar appears (and its clock starts)."""
@@ -133,7 +133,7 @@ class Progress:
             self.bar = None
 
 
-@click.command(epilog=EPILOG, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.command(cls=EscapingCommand, epilog=EPILOG, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(TOOL_VERSION, prog_name="mnist-train")
 @click.option("--recipe", type=click.Choice(sorted(RECIPES)), default="default", show_default=True,
               help="Named recipe: 'default' (deskew, augmentation pool, PCA whitening, AdamW one-cycle), "
@@ -285,17 +285,17 @@ def _run(chosen, model_config, paths: OutputPaths, created, *, seed, val_size, k
     try:
         save_checkpoint(ckpt, out)
         # The side files say which model they describe: its file name (beside them) and sha256.
-        describes = {"file": out.name, "sha256": file_sha256(out)}
+        describes = {"file": escape_path(out.name), "sha256": file_sha256(out)}
         paths.write_summary({"model": describes, **{k: v for k, v in ckpt.items() if k != "state_dict"}})
         if paths.curves is not None:
             from trainer.plots import plot_confusion, plot_curves, plot_first_layer
 
             # Titles and PNG text are text: a name with undecodable bytes is shown as mnist-infer prints it.
-            shown = escape_path(out.name)
-            plot_curves(history, paths.curves, model_name=shown)
-            plot_first_layer(result.model.layers[0].weight.detach().numpy(), paths.weights, model_name=shown)
+            name = escape_path(out.name)
+            plot_curves(history, paths.curves, model_name=name)
+            plot_first_layer(result.model.layers[0].weight.detach().numpy(), paths.weights, model_name=name)
             plot_confusion(result.test_confusion, paths.confusion,
-                           f"{shown}: test set, {100 * result.test_accuracy:.2f}% correct", model_name=shown)
+                           f"{name}: test set, {100 * result.test_accuracy:.2f}% correct", model_name=name)
     except KeyboardInterrupt:
         for p in paths.all():
             p.unlink(missing_ok=True)
@@ -305,5 +305,5 @@ def _run(chosen, model_config, paths: OutputPaths, created, *, seed, val_size, k
     progress.log(f"{val}test {100 * result.test_accuracy:.2f}%; prepared in {result.prepare_seconds:.1f}s, "
                  f"trained in {result.train_seconds:.1f}s, {time.perf_counter() - t_wall:.1f}s in all; "
                  f"wrote {', '.join(str(p) for p in paths.all())}")
-    click.echo(json.dumps({"model": os.fspath(out), "metrics": os.fspath(paths.summary),
+    click.echo(json.dumps({"model": shown(out), "metrics": shown(paths.summary),
                            "test_accuracy": round(result.test_accuracy, 4)}))
