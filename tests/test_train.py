@@ -763,6 +763,41 @@ def test_the_wheel_carries_every_data_file_of_its_packages():
     assert (ROOT / "infer" / "models" / "default.onnx.json").is_file()
 
 
+def test_what_the_readmes_examples_write_is_ignored_by_git():
+    """Every file the README's mnist-train, mnist-export and "Bring your own model" examples write in the
+    repository's root (as named in their code, plus the reports and side files each implies) is
+    ignored by git, and no tracked file is."""
+    if shutil.which("git") is None or not (ROOT / ".git").exists():
+        pytest.skip("not a git checkout")
+    parts = re.split(r"^## (.+)$", (ROOT / "README.md").read_text(), flags=re.M)
+    sections = {title.strip(): body for title, body in zip(parts[1::2], parts[2::2])}
+    names = set()
+    for title in ("mnist-train", "mnist-export", "Bring your own model"):
+        fenced, code = False, []
+        for line in sections[title].splitlines():
+            if line.startswith("```"):
+                fenced = not fenced
+            elif fenced or line.startswith("    "):
+                code.append(line)
+        names |= set(re.findall(r"(?<![\w/.-])\w[\w./-]*\.(?:pt|pth|onnx|json|png|csv|py)\b", "\n".join(code)))
+    assert {"model.pt", "model.metrics.json", "mine.py", "mine.pt", "mine-whole.pt", "runs/seed.pt"} <= names
+    for name in list(names):
+        stem = name.rsplit(".", 1)[0]
+        if name.endswith(".pt"):
+            names |= {f"{stem}.onnx", f"{stem}.onnx.json", f"{stem}.metrics.json", f"{stem}.curves.png"}
+        if name.endswith(".onnx"):
+            names |= {f"{name}.json", f"{name}.check.json"}
+    tracked = set(subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True).stdout.split())
+    names -= tracked  # the shipped model, e.g. infer/models/default.onnx, is named in the README too
+    check = subprocess.run(["git", "check-ignore", "--no-index", "-v", "-n", *sorted(names)], cwd=ROOT,
+                           capture_output=True, text=True)
+    not_ignored = [line.split("\t")[-1] for line in check.stdout.splitlines() if line.startswith("::")]
+    assert not_ignored == []
+    ignored_but_tracked = subprocess.run(["git", "ls-files", "-ci", "--exclude-standard"], cwd=ROOT,
+                                         capture_output=True, text=True).stdout.split()
+    assert ignored_but_tracked == []
+
+
 def test_shipped_model_is_the_code_default_recipe():
     """The recorded recipe is the code's default recipe, field by field, so they cannot drift apart;
     the model reads deskewed digits, and says which version of the project made it."""
