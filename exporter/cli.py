@@ -3,12 +3,14 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import re
 import sys
 from pathlib import Path
 
 import click
 
 from infer.contract import TOOL_VERSION
+from trainer.clitext import EscapingCommand, say, shown
 
 # trainer.model.ACTIVATIONS, spelled out so that --help does not import torch (a test keeps them equal).
 ACTIVATION_CHOICES = ("sigmoid", "relu", "tanh")
@@ -82,6 +84,36 @@ def _sniff(path: Path):
         raise click.ClickException(f"{path}: cannot read: {exc.strerror or exc}") from None
 
 
+def _check_named_data(data_dir, verifying: bool) -> None:
+    """A folder the user named for the proof (--data-dir; $MNIST_DATA when verifying) that lacks MNIST is a
+    usage error before any work, as in mnist-train; only the user cache may lack it (then the proof runs
+    without the test set and says so)."""
+    from trainer.data import DataError, check_mnist_folder, named_data_dir
+
+    named = named_data_dir(data_dir)
+    if named is None or (named[1] != "--data-dir" and not verifying):
+        return
+    folder, how = named
+    try:
+        check_mnist_folder(folder)
+    except DataError as exc:
+        if how == "--data-dir":
+            raise click.BadParameter(str(exc), param_hint="'--data-dir'") from None
+        raise click.UsageError(f"{how}: {exc}") from None
+
+
+# infer's ProviderError speaks mnist-infer's option ("use --provider cpu or auto to run on the CPU");
+# mnist-export's is --verify-provider, so its hint is rewritten, never passed on naming an option it lacks.
+_INFER_CPU_HINT = re.compile(r"use --provider [a-z]+(?: or [a-z]+)* to run on the CPU")
+_INFER_PROVIDER_FLAG = re.compile(r"(?<![\w-])--provider(?: (?:auto|cpu|cuda)(?: or (?:auto|cpu|cuda))*)?")
+
+
+def _provider_message(exc: Exception) -> str:
+    """A ProviderError's one line in mnist-export's terms."""
+    text = _INFER_CPU_HINT.sub("leave out --verify-provider cuda to verify on the CPU alone", str(exc))
+    return _INFER_PROVIDER_FLAG.sub("--verify-provider cpu", text)
+
+
 def _report_bytes(payload: dict) -> bytes:
     return (json.dumps(payload, indent=2) + "\n").encode()
 
@@ -119,7 +151,7 @@ def _one_line(failures: list[str], report_path: Path) -> str:
     return f"verification failed: {failures[0]}{more}; report: {report_path}"
 
 
-@click.command(epilog=EPILOG, context_settings={"help_option_names": ["-h", "--help"]})
+@click.command(cls=EscapingCommand, epilog=EPILOG, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(TOOL_VERSION, prog_name="mnist-export")
 @click.argument("checkpoint", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path),
@@ -157,11 +189,12 @@ def main(checkpoint, output, report, activation, input_scale, opset, atol, rtol,
     from infer.engine import ProviderError
     from trainer.checkpoint import CheckpointError
 
-    log = (lambda msg: None) if quiet else (lambda msg: click.echo(msg, err=True))
+    log = (lambda msg: None) if quiet else say
     try:
         scale = InputScale.parse(input_scale) if input_scale is not None else None
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--input-scale") from None
+    _check_named_data(data_dir, verifying=not no_verify or check_path is not None)
     options = ImportOptions(activation=activation, input_scale=scale)
     config = ExportConfig(opset=opset, verify=not no_verify, atol=atol, rtol=rtol, providers=tuple(dict.fromkeys(providers)),
                           data_dir=data_dir)
@@ -182,14 +215,16 @@ def main(checkpoint, output, report, activation, input_scale, opset, atol, rtol,
             click.echo("WARNING: --no-verify: NOTHING WAS CHECKED. This ONNX file has not been compared with PyTorch "
                        "and its metadata says so.", err=True)
         result = export_onnx(source, config)
-    except (CheckpointError, ProviderError) as exc:
+    except CheckpointError as exc:
         raise click.ClickException(str(exc)) from None
+    except ProviderError as exc:
+        raise click.ClickException(_provider_message(exc)) from None
     except VerificationError as exc:
-        payload = {"checkpoint": str(checkpoint), "output": None, "verified": False,
+        payload = {"checkpoint": shown(checkpoint), "output": None, "verified": False,
                    "check_status": check_status(exc.report)[1], **exc.report.to_dict()}
         _commit({report_path: _report_bytes(payload)})
         log(_table(exc.report))
-        click.echo(f"Error: {_one_line(exc.report.failures, report_path)}; no model was written", err=True)
+        say(f"Error: {_one_line(exc.report.failures, report_path)}; no model was written")
         sys.exit(1)
     except KeyboardInterrupt:
         click.echo("interrupted: nothing was written", err=True)
@@ -206,7 +241,7 @@ def main(checkpoint, output, report, activation, input_scale, opset, atol, rtol,
     elif source.imported and result.report is not None:
         log("note: the activation and input scaling were not scored (MNIST test set not found)")
     if result.hint:
-        click.echo(f"hint: {result.hint}", err=True)
+        say(f"hint: {result.hint}")
     verified, status = check_status(result.report)
     if result.report is not None:
         log(f"{'verified' if verified else 'partly verified'}: wrote {output} ({result.seconds['total']:.1f}s); "
@@ -215,7 +250,7 @@ def main(checkpoint, output, report, activation, input_scale, opset, atol, rtol,
         log(f"wrote {output} UNVERIFIED ({result.seconds['total']:.1f}s); report: {report_path}")
     test = next((c for c in (result.report.checks if result.report else []) if c.name == "test set"), None)
     click.echo(json.dumps({
-        "model": str(output), "report": str(report_path), "sha256": result.sha256,
+        "model": shown(output), "report": shown(report_path), "sha256": result.sha256,
         "source_format": source.format["kind"], "verified": verified, "check_status": status,
         "test_accuracy": test.accuracy_ort if test else None, "hint": result.hint,
     }))
@@ -280,15 +315,17 @@ def _check(checkpoint: Path, check_path: Path, report: Path | None, options, con
                 f"--input-scale {options.input_scale.name}")
         ckpt = source.checkpoint
         result = verify_export(check_path.read_bytes(), ckpt, config, load_test_set(config.data_dir, deskewed=ckpt.deskew))
-    except (CheckpointError, ProviderError) as exc:
+    except CheckpointError as exc:
         raise click.ClickException(str(exc)) from None
+    except ProviderError as exc:
+        raise click.ClickException(_provider_message(exc)) from None
     verified, status = check_status(result)
-    payload = {"checkpoint": str(checkpoint), "model": str(check_path), "verified": verified,
+    payload = {"checkpoint": shown(checkpoint), "model": shown(check_path), "verified": verified,
                "check_status": status, **result.to_dict()}
     _commit({report_path: _report_bytes(payload)})
     log(_table(result))
     if not result.passed:
         raise click.ClickException(_one_line(result.failures, report_path))
     log(f"{check_path} {'verified' if verified else 'partly verified'} against {checkpoint}; report: {report_path}")
-    click.echo(json.dumps({"model": str(check_path), "checkpoint": str(checkpoint), "report": str(report_path),
+    click.echo(json.dumps({"model": shown(check_path), "checkpoint": shown(checkpoint), "report": shown(report_path),
                            "verified": verified, "check_status": status}))

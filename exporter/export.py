@@ -13,6 +13,7 @@ import numpy as np
 
 from infer import contract as C
 from infer.engine import make_session
+from infer.output import escape_path
 from infer.preprocess import deskew, to_model_input
 from trainer.checkpoint import Checkpoint
 
@@ -175,9 +176,10 @@ class ExportResult:
     hint: str | None = None  # one line when another activation/scaling reads the digits much better
 
     def to_dict(self, checkpoint: Path, output: Path) -> dict:
-        """The report file's content (the proof, the source's format, the alternatives scored)."""
+        """The report file's content (the proof, the source's format, the alternatives scored); paths as
+        infer.output.escape_path writes them."""
         verified, status = check_status(self.report)
-        payload = {"checkpoint": str(checkpoint), "output": str(output), "sha256": self.sha256,
+        payload = {"checkpoint": escape_path(str(checkpoint)), "output": escape_path(str(output)), "sha256": self.sha256,
                    "source_format": self.source.format, "verified": verified, "check_status": status,
                    "seconds": {k: round(v, 3) for k, v in self.seconds.items()}}
         if self.alternatives is not None:
@@ -263,12 +265,17 @@ def _ort_outputs(session, pixels: np.ndarray, batch: int) -> dict[str, np.ndarra
 
 def load_test_set(data_dir, deskewed: bool = False) -> tuple[np.ndarray, np.ndarray] | None:
     """MNIST test pixels [N,1,28,28] float32 in [0,1] (deskewed when the model reads deskewed digits)
-    and labels int64 [N], or None when the data is not on disk."""
-    from trainer.data import DataError, load_mnist
+    and labels int64 [N], or None when the user cache (data_dir None, no $MNIST_DATA) lacks it.
+
+    A folder the user named (data_dir, $MNIST_DATA) must hold MNIST: raises trainer.data.DataError
+    otherwise, since a proof quietly made without the test set is not what was asked for."""
+    from trainer.data import DataError, load_mnist, named_data_dir
 
     try:
         data = load_mnist(data_dir, download=False)
     except DataError:
+        if named_data_dir(data_dir) is not None:
+            raise
         return None
     images = data.test_images.numpy()
     return to_model_input(deskew(images) if deskewed else images), data.test_labels.numpy()

@@ -284,8 +284,26 @@ def _own(path: Path, options: ImportOptions) -> Source:
     if options.input_scale is not None and not _same_scale(options.input_scale, recorded):
         raise CheckpointError(f"{path}: this mnist-train checkpoint records input scaling {recorded.name}; "
                               f"--input-scale {options.input_scale.name} is for files that do not record theirs")
+    for name, tensor in ckpt.data["state_dict"].items():
+        if isinstance(tensor, torch.Tensor) and tensor.is_floating_point():
+            _refuse_not_finite(path, name, tensor)
+    for name in ("mean", "std"):
+        _refuse_not_finite(path, f"normalisation.{name}", torch.tensor(float(ckpt.data["normalisation"][name])))
     fmt = {"kind": OWN_CHECKPOINT, "format_version": ckpt.data["format_version"]}
     return Source(checkpoint=ckpt, format=fmt)
+
+
+def _refuse_not_finite(path: Path, name: str, tensor: torch.Tensor) -> None:
+    """A tensor holding NaN or +-inf (a diverged training run) would export as an ONNX model that answers
+    NaN for every image: refused, naming the tensor and what it holds, whatever --no-verify says."""
+    finite = torch.isfinite(tensor)
+    if bool(finite.all()):
+        return
+    nan = int(torch.isnan(tensor).sum())
+    inf = int((~finite).sum()) - nan
+    held = " and ".join(f"{n} {what}" for n, what in ((nan, "NaN"), (inf, "infinite")) if n)
+    raise UnsupportedModel(f"{path}: {name} holds {held} value{'s' if nan + inf > 1 else ''} of {tensor.numel()} "
+                           "(a diverged training run?): there is no model to export")
 
 
 def _same_scale(a: InputScale, b: InputScale) -> bool:
@@ -508,8 +526,7 @@ def _import(path: Path, data, container: str, options: ImportOptions) -> Source:
         for name, tensor in (("weight", weight), ("bias", bias.detach())):
             if not tensor.is_floating_point():
                 raise UnsupportedModel(f"{path}: {g.name}.{name} holds {tensor.dtype}, not floating-point weights")
-            if not torch.isfinite(tensor).all():
-                raise UnsupportedModel(f"{path}: {g.name}.{name} holds NaN or infinite values (a diverged training run?)")
+            _refuse_not_finite(path, f"{g.name}.{name}" if g.name else name, tensor)
             dtypes.add(str(tensor.dtype).replace("torch.", ""))
             state[f"layers.{i}.{name}"] = tensor.to(torch.float32).contiguous()
     if dtypes - {"float32"}:

@@ -5,6 +5,7 @@ import hashlib
 import json
 import os
 import pickle
+import re
 import shutil
 import subprocess
 import sys
@@ -191,8 +192,11 @@ def test_tolerance_is_enforced(trained, tmp_path, mnist_dir):
     assert result.exit_code == 1 and not (tmp_path / "m.onnx").exists()
 
 
-def test_without_test_set_says_so(trained, tmp_path):
-    result = run([trained, "-o", tmp_path / "m.onnx", "--data-dir", tmp_path / "nowhere"])
+def test_without_test_set_says_so(trained, tmp_path, monkeypatch):
+    """Only the user cache may lack MNIST (no --data-dir, no $MNIST_DATA): the proof runs without it, says so."""
+    monkeypatch.delenv("MNIST_DATA", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    result = run([trained, "-o", tmp_path / "m.onnx"])
     assert result.exit_code == 0, result.output
     assert "MNIST test set not found" in result.stderr and "partly verified" in result.stderr
     report = json.loads((tmp_path / "m.onnx.json").read_text())
@@ -201,6 +205,54 @@ def test_without_test_set_says_so(trained, tmp_path):
     assert summary["verified"] is False and summary["test_accuracy"] is None
     assert summary["check_status"] == {"test_set": "not run: MNIST test set not found", "edge_inputs": "passed",
                                        "batch_sizes": "passed"}
+
+
+def _named_data_folder(kind: str, tmp_path: Path, mnist_dir: Path) -> Path:
+    """A folder a user could name for MNIST that does not hold it, one of each kind."""
+    if kind == "missing":
+        return tmp_path / "no-such" / "folder"
+    raw = tmp_path / "data" / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    if kind == "empty":
+        return tmp_path / "data"
+    for name in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"):
+        data = (mnist_dir / "MNIST" / "raw" / name).read_bytes()
+        if kind == "one-file-missing" and name.startswith("t10k-labels"):
+            continue
+        (raw / name).write_bytes(data[:999] if kind == "truncated" and name.startswith("t10k-labels") else data)
+    return tmp_path / "data"
+
+
+NAMED_KINDS = {"missing": "no such folder", "empty": "MNIST not found", "one-file-missing": "t10k-labels-idx1-ubyte missing",
+               "truncated": "truncated"}
+
+
+@pytest.mark.parametrize("how", ["--data-dir", "$MNIST_DATA", "--check"])
+@pytest.mark.parametrize("kind", NAMED_KINDS)
+def test_a_named_folder_without_mnist_is_a_usage_error_before_any_work(trained, exported, tmp_path, mnist_dir,
+                                                                        monkeypatch, kind, how):
+    folder = _named_data_folder(kind, tmp_path, mnist_dir)
+    before = sorted(tmp_path.rglob("*"))
+    if how == "$MNIST_DATA":
+        monkeypatch.setenv("MNIST_DATA", str(folder))
+        args = []
+    else:
+        args = ["--data-dir", folder] + (["--check", exported, "--report", tmp_path / "r.json"] if how == "--check" else [])
+    result = run([trained, "-o", tmp_path / "z.onnx", *args])
+    assert result.exit_code == 2, result.output
+    errors = [line for line in result.stderr.splitlines() if line.startswith("Error")]
+    assert len(errors) == 1 and NAMED_KINDS[kind] in errors[0], result.stderr
+    assert errors[0].startswith("Error: $MNIST_DATA: " if how == "$MNIST_DATA" else "Error: Invalid value for '--data-dir': ")
+    assert "verified" not in result.output and "Traceback" not in result.output and result.stdout == ""
+    assert sorted(tmp_path.rglob("*")) == before
+
+
+def test_no_verify_reads_no_mnist_data_but_checks_a_data_dir_named_on_the_command_line(trained, tmp_path, monkeypatch):
+    monkeypatch.setenv("MNIST_DATA", str(tmp_path / "nowhere"))  # set for other commands; not needed here
+    ok = run([trained, "-o", tmp_path / "a.onnx", "--no-verify"])
+    assert ok.exit_code == 0 and (tmp_path / "a.onnx").is_file()
+    typo = run([trained, "-o", tmp_path / "b.onnx", "--no-verify", "--data-dir", tmp_path / "nowhere"])
+    assert typo.exit_code == 2 and "no such folder" in typo.stderr and not (tmp_path / "b.onnx").exists()
 
 
 def test_stdout_says_which_checks_ran(exported, trained, tmp_path, mnist_dir):
@@ -225,16 +277,86 @@ def test_no_verify_is_loud(trained, tmp_path):
     assert json.loads((tmp_path / "m.onnx.json").read_text())["verified"] is False
 
 
-def test_cuda_verification_without_cuda_is_exit_1(trained, tmp_path, mnist_dir):
+def options_not_on_mnist_export(text: str) -> list[str]:
+    """The --options a message names for mnist-export that it does not have (one named for another
+    command, `mnist-infer --doctor`, is that command's)."""
+    ours = {o for p in main.params for o in (*p.opts, *p.secondary_opts)} | {"--help", "--version"}
+    return [m.group(2) for m in re.finditer(r"(?:(mnist-\w+) )?(?<![\w-])(--[a-z][a-z0-9-]*)", text)
+            if m.group(1) in (None, "mnist-export") and m.group(2) not in ours]
+
+
+@pytest.mark.parametrize("build", ["as-installed", "without-cuda-provider"])
+@pytest.mark.parametrize("check", [False, True], ids=["export", "check"])
+def test_cuda_verification_without_cuda_is_exit_1_with_a_hint_naming_our_option(trained, exported, tmp_path, mnist_dir,
+                                                                                 monkeypatch, build, check):
     if "CUDAExecutionProvider" in ort.get_available_providers() and torch.cuda.is_available():
         pytest.skip("this machine has CUDA")
+    if build == "without-cuda-provider":  # the plain onnxruntime package: another hint from infer
+        import infer.cuda
+
+        monkeypatch.setattr(infer.cuda, "has_cuda_provider", lambda: False)
     out = tmp_path / "m.onnx"
-    result = run([trained, "-o", out, "--data-dir", mnist_dir, "--verify-provider", "cuda"])
+    mode = ["--check", exported, "--report", tmp_path / "r.json"] if check else ["-o", out]
+    result = run([trained, *mode, "--data-dir", mnist_dir, "--verify-provider", "cuda"])
     assert result.exit_code == 1 and "CUDA" in result.stderr and "Traceback" not in result.output
-    assert not out.exists()
+    errors = [line for line in result.stderr.splitlines() if line.startswith("Error")]
+    assert len(errors) == 1 and "--verify-provider cuda" in errors[0], result.stderr
+    assert options_not_on_mnist_export(result.stderr) == []
+    assert not out.exists() and not (tmp_path / "r.json").exists()
+
+
+def test_every_option_the_exporter_names_exists():
+    """Every --option in a string of exporter/ (messages, hints, help) is one of mnist-export's; regular
+    expressions (which match other commands' words to rewrite them) are not messages."""
+    import ast
+
+    for path in sorted((ROOT / "exporter").glob("*.py")):
+        tree = ast.parse(path.read_text())
+        patterns = {id(a) for n in ast.walk(tree) if isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute)
+                    and n.func.attr == "compile" for a in n.args}
+        texts = [n.value for n in ast.walk(tree) if isinstance(n, ast.Constant) and isinstance(n.value, str)
+                 and id(n) not in patterns]
+        assert options_not_on_mnist_export("\n".join(texts)) == [], path.name
 
 
 # --- bad input -------------------------------------------------------------------------------------
+
+
+def _poisoned(trained: Path, tmp_path: Path, kind: str) -> tuple[Path, str]:
+    """A checkpoint whose weights a diverged run left not finite: ours or a foreign state_dict."""
+    data = torch.load(trained, weights_only=True)
+    state = data["state_dict"]
+    if kind == "own-nan":
+        state["layers.1.weight"][3, 5] = float("nan")
+        words = "layers.1.weight holds 1 NaN value of 256"
+    elif kind == "own-inf":
+        state["layers.0.bias"][:2] = torch.tensor([float("inf"), -float("inf")])
+        words = "layers.0.bias holds 2 infinite values of 16"
+    elif kind == "own-all-nan":
+        for v in state.values():
+            v.fill_(float("nan"))
+        words = "layers.0.weight holds 12544 NaN values of 12544"
+    else:  # a tutorial's state_dict, all NaN but one infinite weight
+        data = {"fc1.weight": state["layers.0.weight"], "fc1.bias": state["layers.0.bias"],
+                "fc2.weight": state["layers.1.weight"], "fc2.bias": state["layers.1.bias"],
+                "fc3.weight": state["layers.2.weight"].fill_(float("nan")), "fc3.bias": state["layers.2.bias"]}
+        data["fc3.weight"][0, 0] = float("inf")
+        words = "fc3.weight holds 159 NaN and 1 infinite values of 160"
+    path = tmp_path / f"{kind}.pt"
+    torch.save(data, path)
+    return path, words
+
+
+@pytest.mark.parametrize("verify", [[], ["--no-verify"]], ids=["verify", "no-verify"])
+@pytest.mark.parametrize("kind", ["own-nan", "own-inf", "own-all-nan", "foreign"])
+def test_weights_that_are_not_finite_are_refused_naming_the_tensor(trained, tmp_path, mnist_dir, kind, verify):
+    path, words = _poisoned(trained, tmp_path, kind)
+    result = run([path, "-o", tmp_path / "m.onnx", "--data-dir", mnist_dir, *verify])
+    assert result.exit_code == 1, result.output
+    errors = [line for line in result.stderr.splitlines() if line.startswith("Error")]
+    assert len(errors) == 1 and words in errors[0] and "diverged" in errors[0], result.stderr
+    assert "max abs diff" not in result.output and "Traceback" not in result.output and result.stdout == ""
+    assert sorted(p.name for p in tmp_path.iterdir()) == [path.name]  # no ONNX file, no report
 
 
 def _bad_input(tmp_path: Path, kind: str) -> Path:
@@ -475,6 +597,41 @@ def test_installed_command(trained, tmp_path, mnist_dir):
     assert "[torch.onnx]" not in proc.stdout
     mod = subprocess.run([sys.executable, "-m", "exporter", "--help"], capture_output=True, text=True)
     assert mod.returncode == 0 and "Examples" in mod.stdout
+
+
+def test_train_and_export_print_paths_as_mnist_infer_does(trained, tmp_path, mnist_dir):
+    """Real processes, real file names (bytes): every path on stdout (JSON) and stderr, and in the files
+    written, is infer.output.escape_path's text, valid UTF-8, as mnist-infer writes it."""
+    from infer.output import escape_path, unescape_path
+
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "MNIST_DATA": str(mnist_dir)}
+    name = os.fsdecode(b"r\xe9sum\xe9 caf\xc3\xa9 back\\slash")  # Latin-1 bytes (not UTF-8), UTF-8, a backslash
+    shutil.copy(trained, tmp_path / f"{name}.pt")
+
+    def call(module, *args):
+        proc = subprocess.run([sys.executable, "-m", module, *args], cwd=tmp_path, env=env, capture_output=True,
+                              timeout=300)
+        return proc.returncode, proc.stdout.decode("utf-8"), proc.stderr.decode("utf-8")  # strict: no lone surrogate
+
+    code, out, err = call("trainer", "--epochs", "1", "--copies", "0", "--pca", "0", "--no-plots", "--out",
+                          f"{name}.new.pt")
+    assert code == 0, err
+    assert json.loads(out)["model"] == escape_path(f"{name}.new.pt") and "\\ud" not in out
+    assert f"wrote {escape_path(name)}.new.pt, {escape_path(name)}.new.metrics.json" in err
+    assert json.loads((tmp_path / f"{name}.new.metrics.json").read_bytes().decode("utf-8"))["model"]["file"] == \
+        escape_path(f"{name}.new.pt")
+
+    code, out, err = call("exporter", f"{name}.pt", "-o", f"{name}.onnx", "--no-verify")  # the proof prints no path
+    assert code == 0, err
+    printed = json.loads(out)
+    assert (printed["model"], printed["report"]) == (escape_path(f"{name}.onnx"), escape_path(f"{name}.onnx.json"))
+    assert unescape_path(printed["model"]) == f"{name}.onnx" and (tmp_path / unescape_path(printed["model"])).is_file()
+    assert f"wrote {escape_path(name)}.onnx" in err
+    report = json.loads((tmp_path / f"{name}.onnx.json").read_bytes().decode("utf-8"))
+    assert (report["checkpoint"], report["output"]) == (escape_path(f"{name}.pt"), escape_path(f"{name}.onnx"))
+
+    code, out, err = call("exporter", f"{name}.pt", "-o", f"{name}.onnx")  # exists: a usage error naming it
+    assert code == 2 and f"Error: {escape_path(name)}.onnx and {escape_path(name)}.onnx.json already exist" in err
 
 
 def test_deskew_travels_from_checkpoint_to_model_to_infer(trained, tmp_path, mnist_dir, mnist_pngs):

@@ -97,9 +97,11 @@ def checkpoint_dict(
 
 
 def save_checkpoint(ckpt: dict, path: str | os.PathLike) -> None:
-    """Write the checkpoint atomically."""
-    with atomic_path(path) as tmp:
-        torch.save(ckpt, tmp)
+    """Write the checkpoint atomically, through an open file: torch.save given a path string parses it
+    itself (a backslash in the name is read as a folder separator), so any name the file system allows
+    works only this way."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        torch.save(ckpt, f)
 
 
 def file_sha256(path: str | os.PathLike) -> str:

@@ -4,7 +4,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
-import os
 import sys
 import time
 from pathlib import Path
@@ -12,6 +11,8 @@ from pathlib import Path
 import click
 
 from infer.contract import TOOL_VERSION
+from infer.output import escape_path
+from trainer.clitext import EscapingCommand, say, shown
 from trainer.outputs import OutputError, OutputPaths, claim_output_folder, release_output_folder
 from trainer.recipes import OPTIMIZERS, RECIPES, SCHEDULES
 
@@ -51,11 +52,29 @@ def _check_out(ctx, param, value: str) -> Path:
         raise click.BadParameter("is empty: name the checkpoint file, e.g. --out model.pt")
     path = Path(value)
     if path.suffix.lower() == ".onnx":
-        raise click.BadParameter(f"{value!r}: mnist-train writes a PyTorch checkpoint (.pt); make the ONNX model "
+        raise click.BadParameter(f"'{value}': mnist-train writes a PyTorch checkpoint (.pt); make the ONNX model "
                                  f"from it with mnist-export, e.g. --out {path.with_suffix('.pt')}")
     if path.suffix.lower() not in (".pt", ".pth"):
-        raise click.BadParameter(f"{value!r}: a checkpoint file name ends in .pt (or .pth), e.g. runs/a/model.pt")
+        raise click.BadParameter(f"'{value}': a checkpoint file name ends in .pt (or .pth), e.g. runs/a/model.pt")
     return path
+
+
+def _check_named_data(data_dir: Path | None) -> None:
+    """A folder the user named (--data-dir, $MNIST_DATA) that lacks MNIST is a usage error before any work;
+    only the user cache is downloaded into."""
+    from trainer.data import ENV_VAR, DataError, cache_dir, check_mnist_folder, named_data_dir
+
+    named = named_data_dir(data_dir)
+    if named is None:
+        return
+    folder, how = named
+    try:
+        check_mnist_folder(folder)
+    except DataError as exc:
+        fix = f"to download MNIST into the user cache {cache_dir()}"
+        if how == "--data-dir":
+            raise click.BadParameter(f"{exc}; leave out --data-dir and ${ENV_VAR} {fix}", param_hint="'--data-dir'") from None
+        raise click.UsageError(f"{how}: {exc}; unset {how} {fix}") from None
 
 
 def _pick_device(device: str) -> str:
@@ -83,9 +102,9 @@ class Progress:
         if not self.enabled:
             return
         if self.bar is not None:
-            self.bar.write(msg, file=sys.stderr)
+            self.bar.write(escape_path(msg), file=sys.stderr)
         else:
-            click.echo(msg, err=True)
+            say(msg)
 
     def start(self) -> None:
         """The first epoch begins: on a terminal, the bar appears (and its clock starts)."""
@@ -114,7 +133,7 @@ class Progress:
             self.bar = None
 
 
-@click.command(epilog=EPILOG, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.command(cls=EscapingCommand, epilog=EPILOG, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(TOOL_VERSION, prog_name="mnist-train")
 @click.option("--recipe", type=click.Choice(sorted(RECIPES)), default="default", show_default=True,
               help="Named recipe: 'default' (deskew, augmentation pool, PCA whitening, AdamW one-cycle), "
@@ -191,6 +210,7 @@ def main(recipe, epochs, lr, batch_size, optimizer, weight_decay, momentum, sche
             raise ValueError(f"--pca {chosen.pca} is more components than the {model_config.input_size} inputs")
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
+    _check_named_data(data_dir)
     # The destination is checked (and its folder made) before any training, so no run is lost to it.
     try:
         created = claim_output_folder(out)
@@ -210,7 +230,7 @@ def _run(chosen, model_config, paths: OutputPaths, created, *, seed, val_size, k
 
     from trainer.checkpoint import checkpoint_dict, file_sha256, history_dicts, save_checkpoint
     from trainer.data import DataError, load_mnist
-    from trainer.train import TrainConfig, train
+    from trainer.train import TrainConfig, TrainingDiverged, train
 
     torch.set_num_threads(threads)
     dev = _pick_device(device)
@@ -232,6 +252,9 @@ def _run(chosen, model_config, paths: OutputPaths, created, *, seed, val_size, k
         progress.close()
         click.echo("interrupted: nothing was written", err=True)
         sys.exit(130)
+    except TrainingDiverged as exc:
+        progress.close()
+        raise click.ClickException(f"{exc}: lower --lr; nothing was written") from None
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
     finally:
@@ -262,15 +285,17 @@ def _run(chosen, model_config, paths: OutputPaths, created, *, seed, val_size, k
     try:
         save_checkpoint(ckpt, out)
         # The side files say which model they describe: its file name (beside them) and sha256.
-        describes = {"file": out.name, "sha256": file_sha256(out)}
+        describes = {"file": escape_path(out.name), "sha256": file_sha256(out)}
         paths.write_summary({"model": describes, **{k: v for k, v in ckpt.items() if k != "state_dict"}})
         if paths.curves is not None:
             from trainer.plots import plot_confusion, plot_curves, plot_first_layer
 
-            plot_curves(history, paths.curves, model_name=out.name)
-            plot_first_layer(result.model.layers[0].weight.detach().numpy(), paths.weights, model_name=out.name)
+            # Titles and PNG text are text: a name with undecodable bytes is shown as mnist-infer prints it.
+            name = escape_path(out.name)
+            plot_curves(history, paths.curves, model_name=name)
+            plot_first_layer(result.model.layers[0].weight.detach().numpy(), paths.weights, model_name=name)
             plot_confusion(result.test_confusion, paths.confusion,
-                           f"{out.name}: test set, {100 * result.test_accuracy:.2f}% correct", model_name=out.name)
+                           f"{name}: test set, {100 * result.test_accuracy:.2f}% correct", model_name=name)
     except KeyboardInterrupt:
         for p in paths.all():
             p.unlink(missing_ok=True)
@@ -280,5 +305,5 @@ def _run(chosen, model_config, paths: OutputPaths, created, *, seed, val_size, k
     progress.log(f"{val}test {100 * result.test_accuracy:.2f}%; prepared in {result.prepare_seconds:.1f}s, "
                  f"trained in {result.train_seconds:.1f}s, {time.perf_counter() - t_wall:.1f}s in all; "
                  f"wrote {', '.join(str(p) for p in paths.all())}")
-    click.echo(json.dumps({"model": os.fspath(out), "metrics": os.fspath(paths.summary),
+    click.echo(json.dumps({"model": shown(out), "metrics": shown(paths.summary),
                            "test_accuracy": round(result.test_accuracy, 4)}))

@@ -51,6 +51,39 @@ def default_data_dir() -> Path:
     return cache_dir()
 
 
+def named_data_dir(data_dir: str | os.PathLike | None) -> tuple[Path, str] | None:
+    """(folder, how the user named it) for --data-dir, else $MNIST_DATA; None when neither is given
+    (the user cache, the one place that may lack MNIST)."""
+    if data_dir is not None:
+        return Path(data_dir), "--data-dir"
+    if os.environ.get(ENV_VAR):
+        return Path(os.environ[ENV_VAR]), f"${ENV_VAR}"
+    return None
+
+
+def check_mnist_folder(root: str | os.PathLike) -> Path:
+    """The raw/ folder holding MNIST under `root` (the torchvision root, its MNIST/ or raw/ itself), every
+    file's header and size checked (no pixels are read: milliseconds).
+
+    For a folder the user named, so that a typo or a wrong folder is refused before any work.
+    Raises DataError in one line: no such folder, not a folder, which files are missing, which is
+    truncated or of the wrong kind.
+    """
+    root = Path(root)
+    if not root.exists():
+        raise DataError(f"{root}: no such folder")
+    if not root.is_dir():
+        raise DataError(f"{root} is a file, not a folder")
+    raw = _raw_dir(root)
+    missing = [name for name in MNIST_FILES if not (raw / name).exists()]
+    if missing:
+        which = f" ({', '.join(missing)} missing)" if len(missing) < len(MNIST_FILES) else ""
+        raise DataError(f"MNIST not found in {raw}{which}. {_put_files_here(raw)}")
+    for name, (magic, dims, count) in MNIST_FILES.items():
+        validate_idx(raw / name, magic, dims, count)
+    return raw
+
+
 def _raw_dir(root: Path) -> Path:
     """Accept the torchvision root, its MNIST/ folder or the raw/ folder itself."""
     for candidate in (root / "MNIST" / "raw", root / "raw", root):

@@ -42,6 +42,23 @@ def _act_backward(name: str, grad: torch.Tensor, out: torch.Tensor) -> torch.Ten
     return torch.ops.aten.threshold_backward(grad, out, 0)
 
 
+# A mean cross-entropy this high is no training run that will recover: a model guessing uniformly
+# scores ln(10) = 2.3, and 1000 means the wrong digit wins by ~1000 logits on average (sigmoid units
+# saturated for good). A too-high lr with plain SGD or Adam gets here with finite losses (1e8, 3e9).
+DIVERGED_LOSS = 1e3
+
+
+class TrainingDiverged(Exception):
+    """The loss stopped being a finite number or exploded past DIVERGED_LOSS (or a weight is not finite):
+    the learning rate is too high for the recipe.
+
+    Carries the epoch it was noticed at (1-based), the epoch's mean loss and the recipe's (peak) lr."""
+
+    def __init__(self, epoch: int, loss: float, lr: float, what: str):
+        self.epoch, self.loss, self.lr, self.what = epoch, loss, lr, what
+        super().__init__(f"training diverged: {what} at epoch {epoch} (lr {lr:g})")
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """What to train and how."""
@@ -274,8 +291,9 @@ def train(
     """Train the configured network on MNIST; evaluate on the test set once, at the end.
 
     Raises ValueError for a recipe that does not fit the network or the data (e.g. more PCA
-    components than inputs). `log` receives one line per preparation step (pool, whitening);
-    `on_start` is called when the preparation is done and the first epoch begins.
+    components than inputs), TrainingDiverged at the first epoch whose loss is not finite (or
+    above DIVERGED_LOSS) or whose weights are not finite. `log` receives one line per preparation step (pool, whitening); `on_start` is called
+    when the preparation is done and the first epoch begins.
     """
     recipe, device = config.recipe, config.device
     log = log or (lambda msg: None)
@@ -366,6 +384,11 @@ def train(
         history.append(stats)
         if on_epoch:
             on_epoch(stats)
+        # A diverged run only gets worse, and its weights (NaN) would be saved as a model: stop at once.
+        if not math.isfinite(stats.loss) or stats.loss > DIVERGED_LOSS:
+            raise TrainingDiverged(epoch, stats.loss, recipe.lr, f"the loss is {stats.loss:.3g}")
+        if not torch.isfinite(flat.theta).all():
+            raise TrainingDiverged(epoch, stats.loss, recipe.lr, "the weights hold NaN or infinite values")
     train_seconds = time.perf_counter() - t_start
 
     # Without a validation split the last epoch is kept.
