@@ -652,6 +652,29 @@ def _several(shapes, rng, count: int):
     return sample(add_noise(canvas, rng.uniform(0, 5), rng), "".join(str(label) for _, label in digits), rng)
 
 
+def _on_table(shapes, rng, with_digit: bool = True):
+    """A phone photo of a sheet lying askew on a darker table: the sheet turned 4-20 degrees and a
+    little smaller than the frame, so the table shows in wedges along the edges."""
+    h, w = int(rng.integers(240, 520)), int(rng.integers(240, 520))
+    paper = np.array([rng.uniform(195, 245), rng.uniform(195, 245), rng.uniform(190, 240)], np.float32)
+    canvas = np.ones((h, w, 3), np.float32) * paper
+    truth = ""
+    if with_digit:
+        margin = np.zeros((h, w), bool)
+        margin[int(0.2 * h) : int(0.8 * h), int(0.2 * w) : int(0.8 * w)] = True  # where turning keeps it
+        ink, label, top, left = single_digit_page(shapes, rng, h, w, (0.2, 0.4), avoid=~margin)
+        paste(canvas, ink, top, left, rng.uniform(10, 70))
+        truth = str(label)
+    angle = rng.uniform(4, 20) * rng.choice([-1, 1])
+    turn = cv2.getRotationMatrix2D((w / 2, h / 2), angle, rng.uniform(0.8, 0.97))
+    table = tuple(float(v) for v in rng.uniform(20, 120, 3))
+    canvas = cv2.warpAffine(canvas, turn, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT,
+                            borderValue=table)
+    if rng.random() < 0.5:
+        canvas *= lighting(h, w, rng, "gradient")[..., None]
+    return sample(photo_finish(canvas, rng), truth, rng, jpeg_share=1.0)
+
+
 def _thick_cell(shapes, rng, with_digit: bool = True):
     """A Sudoku or form cell whose lines are heavy: 6-10% of the cell's side, on three or four sides."""
     h = int(rng.integers(60, 200))
@@ -778,6 +801,7 @@ KINDS = [
          lambda s, r: _photo_page(s, r, "shadow")),
     Kind("vignette", "uneven light", "phone photo with dark corners (vignetting)",
          lambda s, r: _photo_page(s, r, "vignette")),
+    Kind("page-on-table", "marks", "phone photo of a sheet lying askew on a darker table", _on_table),
     Kind("dark-corner", "marks", "phone photo showing the dark table beyond the paper's corner", _dark_corner),
     Kind("specks", "marks", "dust, dots and scratches away from the digit", _specks_page),
     Kind("highlighter", "marks", "a yellow highlighter digit on white paper", _highlighter),
@@ -789,6 +813,8 @@ KINDS = [
     Kind("blank-cell", "no digit", "an empty form cell or box", _blank_cell),
     Kind("blank-photo", "no digit", "phone photo of a blank page: shadow or vignette",
          lambda s, r: _photo_page(s, r, str(r.choice(["shadow", "vignette", "gradient"])), with_digit=False)),
+    Kind("blank-on-table", "no digit", "phone photo of an empty sheet lying askew on a table",
+         lambda s, r: _on_table(s, r, with_digit=False)),
     Kind("blank-one-line", "no digit", "an empty page but for one line: a margin rule, a rule, a fold, the page's edge",
          _blank_one_line),
     Kind("two-digits", "several digits", "two digits side by side, gaps 0.15-0.8 of their height",

@@ -425,6 +425,11 @@ TOUCHING_WIDTH = 1.15  # a mark this many times wider than tall may be two digit
 TOUCHING_JOINT = 0.3  # ... where its ink thins to this share of its thickest column ...
 TOUCHING_STROKES = 1.5  # ... and to about one stroke (this many stroke widths at most)
 UNDERLINE_BEYOND = 0.25  # an underline reaches this share of its length beyond the digit above it
+PAGE_AREA = 0.4  # a sheet on a table covers at least this share of the photo ...
+PAGE_BEYOND = 0.03  # ... and leaves at least this share of table showing ...
+PAGE_CONTRAST = 40  # ... which is this many grey levels darker than the sheet ...
+PAGE_TILT = 2.5  # ... along a side of the sheet turned at least this many degrees ...
+PAGE_STEP = 0.6  # ... and at the sheet's edge, within 5 px, the grey drops by this share of that contrast
 STRAIGHT_SPREAD = 0.04  # a mark whose ink spreads across its axis less than this (ratio of standard deviations) is a line
 BESIDE_STROKE = 0.35  # ... and strokes at least this wide relative to its strokes (not a hair or a scratch)
 
@@ -671,7 +676,8 @@ def _even_paper(ink_up: np.ndarray) -> tuple[float, float] | None:
     return q50, (q75 - q25) / 1.349
 
 
-def subtract_paper(grey: np.ndarray, dark_ink: bool) -> tuple[np.ndarray, float]:
+def subtract_paper(grey: np.ndarray, dark_ink: bool, even: tuple[float, float] | None | bool = False
+                   ) -> tuple[np.ndarray, float]:
     """uint8 [H,W] -> (ink uint8 [H,W]: grey levels above the local paper, bright = ink; paper noise sigma).
 
     Evenly lit paper (a flat border at the page's own level: scans, drawings) is one level. Otherwise
@@ -684,9 +690,11 @@ def subtract_paper(grey: np.ndarray, dark_ink: bool) -> tuple[np.ndarray, float]
     quadratic fit there is little slope left to misjudge. Kinds: `shadow`,
     `vignette`, `photo`, `dark-corner`, `blank-photo`.
     The noise sigma is (median - lower quartile) / 0.6745 of the residual over a sample of the pixels.
+    `even`: `_even_paper`'s answer for this image when the caller has it (False: not asked yet).
     """
     ink_up = cv2.bitwise_not(grey) if dark_ink else grey
-    even = _even_paper(ink_up)
+    if even is False:
+        even = _even_paper(ink_up)
     if even is not None:  # a scan, a drawing, a thumbnail: one level will do, and costs nothing
         level, noise = even
         return cv2.subtract(ink_up, level), noise
@@ -710,6 +718,53 @@ def subtract_paper(grey: np.ndarray, dark_ink: bool) -> tuple[np.ndarray, float]
     sample = residual[::step, ::step].ravel()
     q25, q50 = np.partition(sample, (sample.size // 4, sample.size // 2))[[sample.size // 4, sample.size // 2]]
     return ink, float(q50 - q25) / 0.6745
+
+
+def beyond_the_page(grey: np.ndarray) -> np.ndarray | None:
+    """A photo of a sheet lying on a table: uint8 mask [H,W] (255) of what lies beyond the sheet's
+    edges, or None. The sheet is the one large bright region (Otsu's threshold; at least PAGE_AREA of
+    the image and nearly all of its bright pixels), its outline a convex polygon of a few straight
+    sides (a quadrilateral seen in perspective, cut by the image's edges), one of them long and turned
+    (a sheet photographed by hand, not a cell's lines along the image's edges), and what is outside it is
+    darker by PAGE_CONTRAST grey levels, with a step at the sheet's edge. A shadow's soft, curved edge
+    and light falling off across a page are no such outline. Kinds: `page-on-table`, `blank-on-table`,
+    `dark-corner`."""
+    _, bright = cv2.threshold(grey, 0, 255, cv2.THRESH_BINARY | cv2.THRESH_OTSU)
+    n, labels, stats = _components(bright)
+    if n < 2:
+        return None
+    i = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
+    area = int(stats[i, cv2.CC_STAT_AREA])
+    if area < PAGE_AREA * grey.size or area < 0.9 * cv2.countNonZero(bright):
+        return None
+    page = cv2.compare(labels, i, cv2.CMP_EQ)
+    contours, _ = cv2.findContours(page, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    hull = cv2.convexHull(max(contours, key=cv2.contourArea))
+    hull_area = cv2.contourArea(hull)
+    outline = cv2.approxPolyDP(hull, 0.01 * cv2.arcLength(hull, True), True)
+    # The sheet fills its outline but for the digit's holes; an outline of straight sides.
+    if area < 0.85 * hull_area or len(outline) > 8 or hull_area > (1 - PAGE_BEYOND) * grey.size:
+        return None
+    inside = np.zeros_like(page)
+    cv2.fillConvexPoly(inside, outline, 255)
+    outside = cv2.bitwise_not(inside)
+    contrast = cv2.mean(grey, page)[0] - cv2.mean(grey, outside)[0]
+    if contrast < PAGE_CONTRAST:
+        return None
+    # A sheet askew: a cell's or a frame's lines run along the image's edges (remove_rules and the cell
+    # rule of keep_digit_components take them), a sheet photographed by hand is turned a little.
+    sides = np.diff(np.vstack([outline[:, 0], outline[:1, 0]]), axis=0).astype(np.float64)
+    tilt = np.degrees(np.arctan2(np.abs(sides[:, 1]), np.abs(sides[:, 0])))  # 0: horizontal, 90: vertical
+    turned = (tilt > PAGE_TILT) & (tilt < 90 - PAGE_TILT) & (np.hypot(*sides.T) >= 0.2 * min(grey.shape))
+    if not turned.any():
+        return None
+    # A sheet's edge is a step: across it, within a few pixels, the grey drops by most of the contrast;
+    # light falling off across a page (a gradient, a vignette, a soft shadow) has no step where Otsu cut it.
+    rim_in = cv2.subtract(inside, cv2.erode(inside, _SQUARE5))
+    rim_out = cv2.subtract(cv2.dilate(inside, _SQUARE5), inside)
+    if cv2.mean(grey, rim_in)[0] - cv2.mean(grey, rim_out)[0] < PAGE_STEP * contrast:
+        return None
+    return cv2.dilate(outside, _SQUARE5)  # and the sheet's blurred edge
 
 
 def ink_level(ink: np.ndarray, noise: float) -> int:
@@ -1363,7 +1418,16 @@ def _prepare_steps(grey: np.ndarray, multi_digit: bool, lap) -> Prepared:
     lap("to_working_size")
     dark_ink = ink_is_dark(work)
     lap("ink_is_dark")
-    ink, noise = subtract_paper(work, dark_ink)
+    even = _even_paper(cv2.bitwise_not(work) if dark_ink else work)
+    ink, noise = subtract_paper(work, dark_ink, even)
+    table_removed = False
+    # Evenly lit paper all along the image's edges is no photo of a sheet on a table.
+    beyond = beyond_the_page(work) if dark_ink and even is None else None
+    if beyond is not None:
+        table = cv2.bitwise_and(ink, beyond)
+        ink = cv2.subtract(ink, table)
+        # A dark table or corner left out: said as the marks dropped below are.
+        table_removed = cv2.countNonZero(cv2.compare(table, MIN_INK_LEVEL, cv2.CMP_GT)) > 0.01 * table.size
     level = ink_level(ink, noise)
     lap("subtract_paper")
     cleaned, lines = remove_rules(ink, level)
@@ -1380,7 +1444,7 @@ def _prepare_steps(grey: np.ndarray, multi_digit: bool, lap) -> Prepared:
     ink = cleaned
     if lines:
         noticed.append(WARN_LINES_REMOVED)
-    if marks:
+    if marks or table_removed:
         noticed.append(WARN_MARKS_REMOVED)
     as_one = len(masks) > 1 and not multi_digit
     if len(masks) > 1:

@@ -329,7 +329,7 @@ WARNED = {  # kind: (the warning its images carry, on at least this share of the
     "squared": (C.WARN_LINES_REMOVED, 0.5), "highlighter": (C.WARN_FAINT_INK, 0.9),
     "specks": (C.WARN_MARKS_REMOVED, 0.6), "two-digits": (C.WARN_SEVERAL_DIGITS, 1.0),
     "three-digits": (C.WARN_SEVERAL_DIGITS, 1.0), "underlined": (C.WARN_MARKS_REMOVED, 0.8),
-    "grid-cell-thick": (C.WARN_MARKS_REMOVED, 0.8),
+    "grid-cell-thick": (C.WARN_MARKS_REMOVED, 0.8), "page-on-table": (C.WARN_MARKS_REMOVED, 0.8),
 }
 
 
