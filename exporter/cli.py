@@ -327,5 +327,9 @@ def _check(checkpoint: Path, check_path: Path, report: Path | None, options, con
     if not result.passed:
         raise click.ClickException(_one_line(result.failures, report_path))
     log(f"{check_path} {'verified' if verified else 'partly verified'} against {checkpoint}; report: {report_path}")
+    test = next((c for c in result.checks if c.name == "test set"), None)
+    # The fields of an export's line, for the file checked: scripts read both the same way.
     click.echo(json.dumps({"model": shown(check_path), "checkpoint": shown(checkpoint), "report": shown(report_path),
-                           "verified": verified, "check_status": status}))
+                           "sha256": file_sha256(check_path), "source_format": source.format["kind"],
+                           "verified": verified, "check_status": status,
+                           "test_accuracy": test.accuracy_ort if test else None, "hint": None}))

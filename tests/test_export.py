@@ -140,10 +140,15 @@ def test_check_mode_catches_a_tampered_file(exported, trained, tmp_path, mnist_d
     assert report["passed"] is False and len(report["failures"]) > 1
     good = run([trained, "--check", exported, "--data-dir", mnist_dir, "--report", tmp_path / "ok.json"])
     assert good.exit_code == 0 and json.loads((tmp_path / "ok.json").read_text())["passed"]
-    assert json.loads(good.stdout) == {"model": str(exported), "checkpoint": str(trained),
-                                       "report": str(tmp_path / "ok.json"), "verified": True,
-                                       "check_status": {"test_set": "passed", "edge_inputs": "passed",
-                                                        "batch_sizes": "passed"}}
+    line = json.loads(good.stdout)
+    accuracy = line.pop("test_accuracy")
+    assert line == {"model": str(exported), "checkpoint": str(trained), "report": str(tmp_path / "ok.json"),
+                    "sha256": hashlib.sha256(exported.read_bytes()).hexdigest(),
+                    "source_format": "mnist-toolkit-checkpoint", "verified": True, "hint": None,
+                    "check_status": {"test_set": "passed", "edge_inputs": "passed", "batch_sizes": "passed"}}
+    # the same fields as the export's own line, the same test accuracy
+    exported_line = json.loads((exported.parent / (exported.name + ".json")).read_text())
+    assert accuracy == pytest.approx(next(c["accuracy_ort"] for c in exported_line["checks"] if c["name"] == "test set"))
     # the one rule for existing outputs: the report is not overwritten without --force
     again = run([trained, "--check", exported, "--data-dir", mnist_dir, "--report", tmp_path / "ok.json"])
     assert again.exit_code == 2 and "--force" in again.stderr
