@@ -430,6 +430,7 @@ PAGE_BEYOND = 0.03  # ... and leaves at least this share of table showing ...
 PAGE_CONTRAST = 40  # ... which is this many grey levels darker than the sheet ...
 PAGE_TILT = 2.5  # ... along a side of the sheet turned at least this many degrees ...
 PAGE_STEP = 0.6  # ... and at the sheet's edge, within 5 px, the grey drops by this share of that contrast
+RULED_SPREAD = 0.12  # on a page where lines were found, a straight mark edge to edge this thick is a line too
 STRAIGHT_SPREAD = 0.04  # a mark whose ink spreads across its axis less than this (ratio of standard deviations) is a line
 BESIDE_STROKE = 0.35  # ... and strokes at least this wide relative to its strokes (not a hair or a scratch)
 
@@ -1074,17 +1075,18 @@ def _box_like(mask: np.ndarray) -> bool:
     return cv2.countNonZero(mask[m:-m, m:-m]) < 0.1 * total
 
 
-def _straight_line(mask: np.ndarray) -> bool:
+def _straight_line(mask: np.ndarray, spread: float = None) -> bool:
     """Whether a mark (uint8 mask) is one thin straight line at any angle: its ink's spread across its
-    main axis is under STRAIGHT_SPREAD of its spread along it (image moments). A 1, even a thin one in
-    a tight crop, is ~0.1; a fold or a crease photographed across a page ~0.01."""
+    main axis is under `spread` (default STRAIGHT_SPREAD) of its spread along it (image moments). A 1,
+    even a thin one in a tight crop, is ~0.1; a fold or a crease photographed across a page ~0.01."""
+    spread = STRAIGHT_SPREAD if spread is None else spread
     m = cv2.moments(mask, binaryImage=True)
     if m["m00"] < 2:
         return False
     a, b, c = m["mu20"], m["mu11"], m["mu02"]
     root = ((a - c) ** 2 + 4 * b * b) ** 0.5
     major, minor = (a + c + root) / 2, (a + c - root) / 2
-    return major > 0 and max(minor, 0.0) < STRAIGHT_SPREAD ** 2 * major
+    return major > 0 and max(minor, 0.0) < spread ** 2 * major
 
 
 def _underline(mask: np.ndarray) -> np.ndarray | None:
@@ -1148,7 +1150,8 @@ def _has_hole(mask: np.ndarray) -> bool:
     return outside.size - cv2.countNonZero(outside) > 0 and paper > 0
 
 
-def keep_digit_components(ink: np.ndarray, level: int, noise: float) -> tuple[list[np.ndarray], bool]:
+def keep_digit_components(ink: np.ndarray, level: int, noise: float, ruled: bool = False
+                          ) -> tuple[list[np.ndarray], bool]:
     """Ink uint8 [H,W] -> (one uint8 mask [H,W] per digit, left to right; whether sizeable marks were dropped).
 
     Connected components of the ink (8-connected); dark photo corners, strips along the image's edge
@@ -1222,8 +1225,12 @@ def keep_digit_components(ink: np.ndarray, level: int, noise: float) -> tuple[li
             continue  # a blob, a smudge (a bold 0 has a hole)
         if _box_like(g["mask"]):
             continue  # an empty box or cell frame
-        if (g["x0"] <= 0) + (g["y0"] <= 0) + (g["x1"] >= w) + (g["y1"] >= h) >= 2 and _straight_line(g["mask"]):
+        edges = (g["x0"] <= 0) + (g["y0"] <= 0) + (g["x1"] >= w) + (g["y1"] >= h)
+        if edges >= 2 and _straight_line(g["mask"]):
             continue  # a fold, a crease or a rule at a slant, from edge to edge of the image
+        if ruled and ((g["x0"] <= 0 and g["x1"] >= w) or (g["y0"] <= 0 and g["y1"] >= h)) \
+                and _straight_line(g["mask"], RULED_SPREAD):
+            continue  # on ruled or squared paper: a grid line too heavy to be taken as one, edge to edge
         g["peak"] = cv2.minMaxLoc(ink[box], g["mask"])[1]
         sharpness = edge_sharpness(ink[box], g["mask"], g["peak"])
         if g["peak"] >= min_peak and sharpness >= (MIN_SHARPNESS if g["peak"] >= FAINT_CONTRAST else FAINT_SHARPNESS):
@@ -1433,14 +1440,14 @@ def _prepare_steps(grey: np.ndarray, multi_digit: bool, lap) -> Prepared:
     cleaned, lines = remove_rules(ink, level)
     lap("remove_rules")
     try:
-        masks, marks = keep_digit_components(cleaned, level, noise)
+        masks, marks = keep_digit_components(cleaned, level, noise, ruled=lines > 0)
     except ImageError:
         if lines != 1 or not _could_be_a_one(ink, cleaned):
             raise
         # One upright straight line in the middle and nothing else: a 1 drawn top to bottom (a canvas,
         # a tight crop) rather than a rule on empty paper.
         cleaned, lines = ink, 0
-        masks, marks = keep_digit_components(cleaned, level, noise)
+        masks, marks = keep_digit_components(cleaned, level, noise, ruled=lines > 0)
     ink = cleaned
     if lines:
         noticed.append(WARN_LINES_REMOVED)
