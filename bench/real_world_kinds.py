@@ -715,18 +715,26 @@ def _small_on_page(shapes, rng, with_digit: bool = True):
     return sample(_finish_page(canvas, rng, photo), truth, rng, jpeg_share=0.5, quality=(75, 95))
 
 
-def _notebook_paper(h: int, w: int, rng: np.random.Generator, spacing: int, squared: bool) -> np.ndarray:
-    """A whole notebook page, RGB float32: rules (or a square grid) every `spacing` px, 1-3 px thick,
-    blue or grey, and on ruled pages a red margin line."""
+def _notebook_paper(h: int, w: int, rng: np.random.Generator, spacing: int, style: str) -> np.ndarray:
+    """A whole notebook page, RGB float32: 'ruled' (rules every `spacing` px, 1-3 px thick, blue or
+    grey, mostly a red margin line), 'squared' (a grid) or 'dotted' (a dot grid, a bullet journal)."""
     paper = np.array([rng.uniform(235, 255), rng.uniform(235, 255), rng.uniform(228, 252)], np.float32)
     canvas = np.ones((h, w, 3), np.float32) * paper
     line = np.array([rng.uniform(120, 200), rng.uniform(160, 215), rng.uniform(215, 255)], np.float32)
     if rng.random() < 0.3:
         line[:] = rng.uniform(110, 200)
     thickness = int(rng.integers(1, 4))
+    if style == "dotted":
+        dots = np.zeros((h, w), np.uint8)
+        ox = int(rng.integers(0, spacing))
+        for y in range(int(rng.integers(0, spacing)), h, spacing):
+            for x in range(ox, w, spacing):
+                cv2.circle(dots, (x, y), thickness, 255, -1, cv2.LINE_AA)
+        paste(canvas, dots / np.float32(255), 0, 0, line)
+        return canvas
     for y in range(int(rng.integers(0, spacing)), h, spacing):
         canvas[y : y + thickness] = canvas[y : y + thickness] * 0.3 + line * 0.7
-    if squared:
+    if style == "squared":
         for x in range(int(rng.integers(0, spacing)), w, spacing):
             canvas[:, x : x + thickness] = canvas[:, x : x + thickness] * 0.3 + line * 0.7
     elif rng.random() < 0.7:
@@ -737,10 +745,10 @@ def _notebook_paper(h: int, w: int, rng: np.random.Generator, spacing: int, squa
 
 def _small_on_lined_page(shapes, rng, with_digit: bool = True):
     h, w = _page_shape(rng, (900, 1801))
-    squared = rng.random() < 0.35
+    style = str(rng.choice(["ruled", "ruled", "squared", "dotted"]))
     long = max(h, w)
-    spacing = max(8, int(long * (rng.uniform(0.015, 0.025) if squared else rng.uniform(0.022, 0.035))))
-    canvas = _notebook_paper(h, w, rng, spacing, squared)
+    spacing = max(8, int(long * (rng.uniform(0.022, 0.035) if style == "ruled" else rng.uniform(0.015, 0.025))))
+    canvas = _notebook_paper(h, w, rng, spacing, style)
     truth = ""
     if with_digit:
         ink, label = _pen_or_mnist(shapes, rng, rng.uniform(0.05, 0.10) * long)
@@ -791,11 +799,13 @@ KINDS = [
     Kind("blank-cell", "no digit", "an empty form cell or box", _blank_cell),
     Kind("blank-photo", "no digit", "phone photo of a blank page: shadow or vignette",
          lambda s, r: _photo_page(s, r, str(r.choice(["shadow", "vignette", "gradient"])), with_digit=False)),
-    Kind("blank-large-page", "no digit", "a whole 900-2500 px page, clean, dusty or lined/squared, nothing on it",
+    Kind("blank-large-page", "no digit",
+         "a whole 900-2500 px page, clean, dusty, ruled, squared or dotted; nothing on it",
          _blank_large_page),
     Kind("small-on-page", "small on page", "a digit 2-5% of a 1000-2500 px page's longer side, anywhere; "
          "scan or photo, some dust", _small_on_page),
-    Kind("small-on-lined-page", "small on page", "a whole ruled or squared notebook page, the digit 5-10% of it",
+    Kind("small-on-lined-page", "small on page",
+         "a whole ruled, squared or dotted notebook page, the digit 5-10% of it",
          _small_on_lined_page),
     Kind("two-digits", "several digits", "two digits side by side, gaps 0.15-0.8 of their height",
          lambda s, r: _several(s, r, 2)),
