@@ -1253,8 +1253,7 @@ def small_ink_box(ink: np.ndarray, cleaned: np.ndarray, level: int) -> tuple[int
     a = anchors[np.argmax(area[anchors])]
     box = [int(x0[a]), int(y0[a]), int(x1[a]), int(y1[a])]
     near = inner & (area >= 2)
-    joined = np.zeros_like(near)
-    joined[a] = True
+    joined = near
     for _ in range(3):  # grow the group while pieces within reach join it
         reach = max(3, box[2] - box[0], box[3] - box[1])
         joined = near & (x1 >= box[0] - reach) & (x0 <= box[2] + reach) & (y1 >= box[1] - reach) & (y0 <= box[3] + reach)
@@ -1273,7 +1272,7 @@ def small_ink_box(ink: np.ndarray, cleaned: np.ndarray, level: int) -> tuple[int
     return None if overlaps.any() else (box[0], box[1], box[2], box[3])
 
 
-def zoom_box(box: tuple[int, int, int, int] | list[int], w: int, h: int) -> tuple[int, int, int, int]:
+def zoom_box(box: tuple[int, int, int, int] | list[int], w: int, h: int) -> tuple[float, float, float, float]:
     """The square window (x0, y0, x1, y1) around an ink box for the closer look, in the same pixels:
     ZOOM_CONTEXT of the ink's size around it, at least ZOOM_MIN_CROP of the image's longer side,
     moved (not cut) to stay inside a w x h image where it fits."""
@@ -1651,6 +1650,8 @@ def _prepare_in_detail(grey: np.ndarray, data: bytes | None, scale: int, multi_d
     1, 2; 60 images per kind) this reads `ruled` 96.7/95.0/91.7% -> 98.3/100/96.7%, `squared`
     88.3/91.7/98.3% -> 88.3/95.0/98.3%, `boxed` 98.3% -> 100% at seed 0, and no kind worse. (Decoding
     again pages where nothing digit-like was found as well reads a blank form cell as a digit.)
+    A small digit on a large page is read from the file decoded whole (`zoom_to_ink`, `_Source`),
+    and that answer stands.
     """
     steps: set[str] = set()
     prepared = _prepare(grey, multi_digit, steps.add, _Source(data, scale) if scale > 1 else None)
