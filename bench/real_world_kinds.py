@@ -43,7 +43,7 @@ class Sample:
 @dataclass(frozen=True)
 class Kind:
     name: str
-    family: str  # handled | thin strokes | lines | uneven light | marks | no digit | several digits
+    family: str  # handled | thin strokes | lines | uneven light | marks | small on page | no digit | several digits
     description: str
     make: Callable[["DigitShapes", np.random.Generator], Sample]
 
@@ -775,6 +775,119 @@ def _touching(shapes, rng):
     return sample(add_noise(canvas, rng.uniform(0, 5), rng), "".join(str(label) for _, label in digits), rng)
 
 
+# --- small digits on whole pages ------------------------------------------------------------------
+
+
+def _page_shape(rng: np.random.Generator, long_side: tuple[int, int]) -> tuple[int, int]:
+    """(h, w) of a page: A4-like (sides 0.7-0.8 apart), portrait or landscape, longer side in `long_side`."""
+    long = int(rng.integers(*long_side))
+    short = int(long * rng.uniform(0.7, 0.8))
+    return (long, short) if rng.random() < 0.65 else (short, long)
+
+
+def _pen_or_mnist(shapes: DigitShapes, rng: np.random.Generator, height: float) -> tuple[np.ndarray, int]:
+    """A digit `height` px tall as coverage float32 in [0,1]: half the time an MNIST digit enlarged,
+    else its centre line drawn with a pen 6-12% of the height wide (at least 2 px: a ballpoint)."""
+    if rng.random() < 0.5:
+        cov, label = shapes.any_digit(rng, 0.15)
+        return scaled(cov, height), label
+    segs, label = shapes.strokes(rng)
+    pen = max(2, int(round(height * rng.uniform(0.06, 0.12))))
+    extent = (segs.reshape(-1, 2).max(0) * height).astype(int) + 2 * pen + 2
+    return draw_segments(segs, height, pen, (extent[1], extent[0]), (pen + 1, pen + 1)) / np.float32(255), label
+
+
+def _dust(canvas: np.ndarray, rng: np.random.Generator, avoid: np.ndarray | None, scale: float) -> None:
+    """Dust and dots of a scanner's glass or a page, 0.5-2.5 px at 1000 px (scaled with the page), none
+    touching `avoid`."""
+    _specks(canvas, rng, int(rng.integers(1, 12)), (0.5 * scale, 2.5 * scale), avoid, scratches=0.0)
+
+
+def _finish_page(canvas: np.ndarray, rng: np.random.Generator, photo: bool) -> np.ndarray:
+    """A page as a flatbed scan (even light, paper texture, noise) or a phone photo (light gradient
+    or vignette, blur, noise); float32 [H,W] or [H,W,3]."""
+    h, w = canvas.shape[:2]
+    grain = cv2.resize(rng.normal(0, 1, (max(2, h // 40), max(2, w // 40))).astype(np.float32), (w, h),
+                       interpolation=cv2.INTER_CUBIC) * rng.uniform(0, 3)  # fibre: low-frequency unevenness
+    canvas = canvas + (grain[..., None] if canvas.ndim == 3 else grain)
+    if photo:
+        light = lighting(h, w, rng, str(rng.choice(["gradient", "vignette"])))
+        canvas = canvas * (light[..., None] if canvas.ndim == 3 else light)
+        return photo_finish(canvas, rng, blur=(0.3, 1.2), noise=(1.0, 4.0))
+    return add_noise(canvas, rng.uniform(0, 4), rng)
+
+
+def _small_on_page(shapes, rng, with_digit: bool = True):
+    h, w = _page_shape(rng, (1000, 2501))
+    photo = rng.random() < 0.35
+    paper = rng.uniform(215, 250)
+    canvas = np.full((h, w, 3) if photo else (h, w), paper, np.float32)
+    avoid, truth = None, ""
+    if with_digit:
+        ink, label = _pen_or_mnist(shapes, rng, rng.uniform(0.02, 0.05) * max(h, w))
+        m = int(0.02 * max(h, w))
+        top, left = place(rng, h, ink.shape[0], m), place(rng, w, ink.shape[1], m)
+        colour = rng.uniform(0, 70)
+        paste(canvas, ink, top, left, [colour, colour, colour + rng.uniform(0, 80)] if photo else colour)
+        avoid = np.zeros((h, w), bool)
+        r = ink.shape[0]
+        avoid[max(0, top - r) : top + 2 * r, max(0, left - r) : left + ink.shape[1] + r] = True
+        truth = str(label)
+    if rng.random() < 0.5:
+        _dust(canvas, rng, avoid, max(h, w) / 1000)
+    return sample(_finish_page(canvas, rng, photo), truth, rng, jpeg_share=0.5, quality=(75, 95))
+
+
+def _notebook_paper(h: int, w: int, rng: np.random.Generator, spacing: int, style: str) -> np.ndarray:
+    """A whole notebook page, RGB float32: 'ruled' (rules every `spacing` px, 1-3 px thick, blue or
+    grey, mostly a red margin line), 'squared' (a grid) or 'dotted' (a dot grid, a bullet journal)."""
+    paper = np.array([rng.uniform(235, 255), rng.uniform(235, 255), rng.uniform(228, 252)], np.float32)
+    canvas = np.ones((h, w, 3), np.float32) * paper
+    line = np.array([rng.uniform(120, 200), rng.uniform(160, 215), rng.uniform(215, 255)], np.float32)
+    if rng.random() < 0.3:
+        line[:] = rng.uniform(110, 200)
+    thickness = int(rng.integers(1, 4))
+    if style == "dotted":
+        dots = np.zeros((h, w), np.uint8)
+        ox = int(rng.integers(0, spacing))
+        for y in range(int(rng.integers(0, spacing)), h, spacing):
+            for x in range(ox, w, spacing):
+                cv2.circle(dots, (x, y), thickness, 255, -1, cv2.LINE_AA)
+        paste(canvas, dots / np.float32(255), 0, 0, line)
+        return canvas
+    for y in range(int(rng.integers(0, spacing)), h, spacing):
+        canvas[y : y + thickness] = canvas[y : y + thickness] * 0.3 + line * 0.7
+    if style == "squared":
+        for x in range(int(rng.integers(0, spacing)), w, spacing):
+            canvas[:, x : x + thickness] = canvas[:, x : x + thickness] * 0.3 + line * 0.7
+    elif rng.random() < 0.7:
+        x = int(w * rng.uniform(0.08, 0.15))
+        canvas[:, x : x + thickness + 1] = np.array([220, 70, 80], np.float32)
+    return canvas
+
+
+def _small_on_lined_page(shapes, rng, with_digit: bool = True):
+    h, w = _page_shape(rng, (900, 1801))
+    style = str(rng.choice(["ruled", "ruled", "squared", "dotted"]))
+    long = max(h, w)
+    spacing = max(8, int(long * (rng.uniform(0.022, 0.035) if style == "ruled" else rng.uniform(0.015, 0.025))))
+    canvas = _notebook_paper(h, w, rng, spacing, style)
+    truth = ""
+    if with_digit:
+        ink, label = _pen_or_mnist(shapes, rng, rng.uniform(0.05, 0.10) * long)
+        colour = rng.uniform(0, 60)
+        paste(canvas, ink, place(rng, h, ink.shape[0], 4), place(rng, w, ink.shape[1], 4),
+              [colour, colour, colour + rng.uniform(0, 100)])
+        truth = str(label)
+    return sample(_finish_page(canvas, rng, rng.random() < 0.35), truth, rng, jpeg_share=0.5, quality=(75, 95))
+
+
+def _blank_large_page(shapes, rng):
+    if rng.random() < 0.5:
+        return _small_on_page(shapes, rng, with_digit=False)
+    return _small_on_lined_page(shapes, rng, with_digit=False)
+
+
 KINDS = [
     Kind("scan", "handled", "black ink on off-white paper, enlarged, off-centre, noise, JPEG", _scan),
     Kind("photo", "handled", "phone photo: RGB, light gradient, blur, JPEG", _photo),
@@ -817,6 +930,14 @@ KINDS = [
          lambda s, r: _on_table(s, r, with_digit=False)),
     Kind("blank-one-line", "no digit", "an empty page but for one line: a margin rule, a rule, a fold, the page's edge",
          _blank_one_line),
+    Kind("blank-large-page", "no digit",
+         "a whole 900-2500 px page, clean, dusty, ruled, squared or dotted; nothing on it",
+         _blank_large_page),
+    Kind("small-on-page", "small on page", "a digit 2-5% of a 1000-2500 px page's longer side, anywhere; "
+         "scan or photo, some dust", _small_on_page),
+    Kind("small-on-lined-page", "small on page",
+         "a whole ruled, squared or dotted notebook page, the digit 5-10% of it",
+         _small_on_lined_page),
     Kind("two-digits", "several digits", "two digits side by side, gaps 0.15-0.8 of their height",
          lambda s, r: _several(s, r, 2)),
     Kind("three-digits", "several digits", "three digits side by side", lambda s, r: _several(s, r, 3)),

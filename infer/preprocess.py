@@ -1384,6 +1384,122 @@ class Prepared:
     warnings: tuple[str, ...] = ()  # infer.contract.WARN_* codes, in the order the steps fired
 
 
+# A small digit on a large page (kinds `small-on-page`, `small-on-lined-page`): at WORK_SIDE px a 1-cm
+# digit on an A4 scan is 9 px tall, under MIN_DIGIT_SIDE and as thin as a notebook's rules.
+ZOOM_INK = 0.15  # ink spanning at most this fraction of the page's longer side is looked at closer ...
+ZOOM_GAIN = 2  # ... on a page at least this many times WORK_SIDE px (a closer look gains that much)
+ZOOM_CONTEXT = 1.0  # paper kept around the ink, each side, in units of the ink's longer side ...
+ZOOM_MIN_CROP = 0.25  # ... and the closer look at least this fraction of the page (dust never fills it)
+ZOOM_PEAK_RANK = 16  # the page's strongest ink: its 16th-strongest pixel (a hot pixel or two do not count)
+
+
+@dataclass(frozen=True)
+class _Source:
+    """More pixels of a page than `prepare` was handed: a JPEG decoded at 1/scale (`_prepare_in_detail`)."""
+
+    data: bytes
+    scale: int
+
+    def full(self) -> np.ndarray:
+        return _decode(self.data, "mnist", 1 << 30)[0]  # jpeg_scale: 1 for any side below 2^30 px
+
+
+def small_ink_box(ink: np.ndarray, cleaned: np.ndarray, level: int) -> tuple[int, int, int, int] | None:
+    """Ink uint8 [H,W] (paper subtracted), the same with rules removed, the ink level -> the box
+    (x0, y0, x1, y1), in its pixels, of the one small mark worth a closer look at more pixels; None
+    when there is none, or the ink is large or spread.
+
+    The mark is found in the strong ink: over half the page's strongest (its ZOOM_PEAK_RANK-th
+    pixel), where a pen's digit stands and a notebook's rules and dots, thinner and paler and
+    averaged away at the working size, do not (`remove_rules` would take a small digit's strokes
+    with them). It is the largest strong component of 3 px or more that neither touches the image's
+    edge (a page edge, the table, a shadow) nor is a dash (over 3 times wider than tall), with the
+    strong components near it (within its own size: the pieces of a 5, a second digit). None when
+    that group spans over ZOOM_INK of the image's longer side (the steps see it well enough as it
+    is), when another strong mark half its size lies elsewhere (a dot grid, a page of writing), or
+    when a sizeable mark of the cleaned ink (over ZOOM_INK, not a line) reaches into the closer
+    look's window (`zoom_box`): part of a large digit would be read as a digit.
+    """
+    h, w = ink.shape
+    peak = _ranked(ink, (max(0, ink.size - ZOOM_PEAK_RANK),))[0]
+    n, _, stats = _components(cv2.compare(ink, max(level, peak // 2), cv2.CMP_GT))
+    if n <= 1:
+        return None
+    x0, y0, bw, bh, area = stats[1:].astype(np.int64).T
+    x1, y1 = x0 + bw, y0 + bh
+    inner = (x0 > 0) & (y0 > 0) & (x1 < w) & (y1 < h) & (bw <= 3 * bh)
+    anchors = np.flatnonzero(inner & (area >= 3))
+    if len(anchors) == 0:
+        return None
+    a = anchors[np.argmax(area[anchors])]
+    box = [int(x0[a]), int(y0[a]), int(x1[a]), int(y1[a])]
+    near = inner & (area >= 2)
+    joined = near
+    for _ in range(3):  # grow the group while pieces within reach join it
+        reach = max(3, box[2] - box[0], box[3] - box[1])
+        joined = near & (x1 >= box[0] - reach) & (x0 <= box[2] + reach) & (y1 >= box[1] - reach) & (y0 <= box[3] + reach)
+        grown = [int(x0[joined].min()), int(y0[joined].min()), int(x1[joined].max()), int(y1[joined].max())]
+        if grown == box:
+            break
+        box = grown
+    long = max(h, w)
+    if max(box[2] - box[0], box[3] - box[1]) > ZOOM_INK * long or (inner & ~joined & (2 * area >= area[a])).any():
+        return None
+    cx0, cy0, cx1, cy1 = zoom_box(box, w, h)
+    _, _, stats = _components(cv2.compare(cleaned, level, cv2.CMP_GT))
+    x0, y0, bw, bh = stats[1:, :4].astype(np.int64).T
+    sizeable = (np.maximum(bw, bh) > ZOOM_INK * long) & (np.minimum(bw, bh) > 3)
+    overlaps = sizeable & (x0 + bw > cx0) & (x0 < cx1) & (y0 + bh > cy0) & (y0 < cy1)
+    return None if overlaps.any() else (box[0], box[1], box[2], box[3])
+
+
+def zoom_box(box: tuple[int, int, int, int] | list[int], w: int, h: int) -> tuple[float, float, float, float]:
+    """The square window (x0, y0, x1, y1) around an ink box for the closer look, in the same pixels:
+    ZOOM_CONTEXT of the ink's size around it, at least ZOOM_MIN_CROP of the image's longer side,
+    moved (not cut) to stay inside a w x h image where it fits."""
+    side = max((1 + 2 * ZOOM_CONTEXT) * max(box[2] - box[0], box[3] - box[1]), ZOOM_MIN_CROP * max(w, h))
+    out = []
+    for lo, hi, size in ((box[0], box[2], w), (box[1], box[3], h)):
+        s = min(side, size)
+        start = min(max((lo + hi - s) / 2, 0), size - s)
+        out.append((start, start + s))
+    (x0, x1), (y0, y1) = out
+    return x0, y0, x1, y1
+
+
+def zoom_to_ink(grey: np.ndarray, work: np.ndarray, ink: np.ndarray, cleaned: np.ndarray, level: int,
+                source: _Source | None, multi_digit: bool, lap) -> Prepared | None:
+    """Named step: a small digit on a large page, read from the page's own pixels around it.
+
+    A 1-cm digit in the corner of a scanned A4 form, a phone photo of a sheet with one small number,
+    a digit on a whole notebook page: shrunk to WORK_SIDE px the digit is a few pixels tall (under
+    MIN_DIGIT_SIDE: "only specks") or its strokes as thin as the rules they cross. When the page is
+    at least ZOOM_GAIN * WORK_SIDE px (a 256x256 scan never pays for this step) and its ink is one small mark
+    (`small_ink_box`), the window `zoom_box` around it is cut from the full-resolution page (a JPEG
+    decoded at reduced scale is decoded again whole, `_Source`) and the steps run on that window
+    alone. None (the page's own steps go on) when there is no such mark, or the window holds no digit
+    (dust, a speck: ImageError), so blank pages stay blank. Kinds: `small-on-page`,
+    `small-on-lined-page`, `blank-large-page`.
+    """
+    scale = source.scale if source is not None else 1
+    if max(grey.shape) * scale < ZOOM_GAIN * WORK_SIDE:
+        return None
+    box = small_ink_box(ink, cleaned, level)
+    lap("zoom_to_ink")
+    if box is None:
+        return None
+    page = source.full() if source is not None else grey
+    h, w = work.shape
+    fy, fx = page.shape[0] / h, page.shape[1] / w
+    x0, y0, x1, y1 = zoom_box(box, w, h)
+    window = page[int(y0 * fy) : math.ceil(y1 * fy), int(x0 * fx) : math.ceil(x1 * fx)]
+    lap("zoom_window")  # the step `_prepare_in_detail` looks for: the page was read at full resolution
+    try:
+        return _prepare_steps(window, multi_digit, lap, zoom=False)
+    except ImageError:
+        return None
+
+
 def _no_lap(step: str) -> None:
     pass
 
@@ -1405,7 +1521,7 @@ def mnist_layout_small(stack: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return taken | passed, digits
 
 
-def _prepare(grey: np.ndarray, multi_digit: bool, lap) -> Prepared:
+def _prepare(grey: np.ndarray, multi_digit: bool, lap, source: _Source | None = None) -> Prepared:
     if is_mnist_format(grey):
         return Prepared(grey[None])  # untouched: the caller's own array
     if grey.shape == (IMAGE_SIZE, IMAGE_SIZE):
@@ -1413,11 +1529,13 @@ def _prepare(grey: np.ndarray, multi_digit: bool, lap) -> Prepared:
         lap("centre_by_shift")
         if taken[0]:
             return Prepared(digits)
-    return _prepare_steps(grey, multi_digit, lap)
+    return _prepare_steps(grey, multi_digit, lap, source=source)
 
 
-def _prepare_steps(grey: np.ndarray, multi_digit: bool, lap) -> Prepared:
-    """The pipeline's steps, for an image that is not a 28x28 digit `mnist_layout_small` takes."""
+def _prepare_steps(grey: np.ndarray, multi_digit: bool, lap, *, source: _Source | None = None,
+                   zoom: bool = True) -> Prepared:
+    """The pipeline's steps, for an image that is not a 28x28 digit `mnist_layout_small` takes
+    (`zoom`: whether `zoom_to_ink` may look closer; `source`: where a reduced JPEG's pixels are)."""
     if min(grey.shape) < 3:
         raise ImageError(f"image is {grey.shape[1]}x{grey.shape[0]} pixels: too small to hold a digit")
     noticed: list[str] = []
@@ -1439,6 +1557,8 @@ def _prepare_steps(grey: np.ndarray, multi_digit: bool, lap) -> Prepared:
     lap("subtract_paper")
     cleaned, lines = remove_rules(ink, level)
     lap("remove_rules")
+    if zoom and (zoomed := zoom_to_ink(grey, work, ink, cleaned, level, source, multi_digit, lap)) is not None:
+        return zoomed
     try:
         masks, marks = keep_digit_components(cleaned, level, noise, ruled=lines > 0)
     except ImageError:
@@ -1721,14 +1841,17 @@ def _prepare_in_detail(grey: np.ndarray, data: bytes | None, scale: int, multi_d
     1, 2; 60 images per kind) this reads `ruled` 96.7/95.0/91.7% -> 98.3/100/96.7%, `squared`
     88.3/91.7/98.3% -> 88.3/95.0/98.3%, `boxed` 98.3% -> 100% at seed 0, and no kind worse. (Decoding
     again pages where nothing digit-like was found as well reads a blank form cell as a digit.)
+    A small digit on a large page is read from the file decoded whole (`zoom_to_ink`, `_Source`),
+    and that answer stands.
     """
-    prepared = _prepare(grey, multi_digit, _no_lap)
-    if scale == 1 or WARN_LINES_REMOVED not in prepared.warnings:
+    steps: set[str] = set()
+    prepared = _prepare(grey, multi_digit, steps.add, _Source(data, scale) if scale > 1 else None)
+    if scale == 1 or WARN_LINES_REMOVED not in prepared.warnings or "zoom_window" in steps:
         return prepared
     finer, finer_scale = _decode(data, "mnist", WORK_SIDE)
     if finer_scale == scale:  # already as fine as a decode gets (a JPEG over 2048 px a side)
         return prepared
-    return _prepare(finer, multi_digit, _no_lap)
+    return _prepare(finer, multi_digit, _no_lap, _Source(data, finer_scale) if finer_scale > 1 else None)
 
 
 def load_digit(source: str | os.PathLike | BinaryIO, mode: str = "mnist") -> np.ndarray:
