@@ -1121,7 +1121,8 @@ def _underline(mask: np.ndarray) -> np.ndarray | None:
 
 def _touching_digits(mask: np.ndarray) -> int | None:
     """Where to cut a mark (uint8 mask, cut to its box) that is two digits written touching: the column
-    (from the left) of the narrowest joint, or None. Only a mark far wider than a digit (TOUCHING_WIDTH
+    (from the left) of the narrowest joint, or None (also when that column's ink is two strokes half
+    the mark's height apart: the top and the bottom of a wide 0). Only a mark far wider than a digit (TOUCHING_WIDTH
     times its height; under 1.5% of MNIST's digits are) whose ink, in its middle half, thins to
     TOUCHING_JOINT of its thickest column and to about one stroke, with a digit-tall part on each side. Kind: `two-digits-touching`."""
     h, w = mask.shape
@@ -1132,9 +1133,9 @@ def _touching_digits(mask: np.ndarray) -> int | None:
     cut = lo + int(np.argmin(column[lo:hi]))
     if column[cut] > TOUCHING_JOINT * column.max() or column[cut] > TOUCHING_STROKES * stroke_width(mask):
         return None  # a 0's or a 2's middle holds two strokes: the joint of two digits is about one
-    inked = mask[:, cut] > 0
-    if int(np.count_nonzero(inked[1:] & ~inked[:-1])) + int(inked[0]) != 1:
-        return None  # one run of ink across the joint, not the top and the bottom of a wide 0
+    rows = np.flatnonzero(mask[:, cut])
+    if len(rows) and rows[-1] - rows[0] + 1 >= 0.5 * h and np.any(np.diff(rows) > 1):
+        return None  # the top and the bottom of a wide 0, not one joint (crossing strokes stay close)
     for part in (mask[:, :cut], mask[:, cut:]):
         rows = np.flatnonzero(cv2.reduce(part, 1, cv2.REDUCE_MAX).ravel())
         if len(rows) == 0 or rows[-1] - rows[0] + 1 < SIDE_BY_SIDE_HEIGHT * h:
