@@ -417,20 +417,25 @@ def _draw_cell(canvas: np.ndarray, rng: np.random.Generator, sides: list[str], i
             canvas[:, w - inset - thickness : w - inset] = colour
 
 
+def _cell_digit(shapes, rng, canvas: np.ndarray, height_frac: tuple[float, float], jitter: int) -> str:
+    """A digit (a third of them printed) near the middle of a cell, `height_frac` of its shorter side tall,
+    off centre by up to 1/`jitter` of the cell; returns its label."""
+    h, w = canvas.shape[:2]
+    cov, label = shapes.any_digit(rng, 0.3)
+    ink = scaled(cov, rng.uniform(*height_frac) * min(h, w))
+    top = (h - ink.shape[0]) // 2 + int(rng.integers(-h // jitter, h // jitter + 1))
+    left = (w - ink.shape[1]) // 2 + int(rng.integers(-w // jitter, w // jitter + 1))
+    paste(canvas, ink, top, left, rng.uniform(0, 60))
+    return str(label)
+
+
 def _grid_cell(shapes, rng, n_sides: int = 4, with_digit: bool = True):
     h = int(rng.integers(48, 161))
     w = int(h * rng.uniform(0.8, 1.25))
     canvas = np.full((h, w), rng.uniform(215, 255), np.float32)
     thickness = int(rng.integers(1, max(2, min(4, min(h, w) // 20) + 1)))
     colour = rng.uniform(0, 120)
-    truth = ""
-    if with_digit:
-        cov, label = shapes.any_digit(rng, 0.3)
-        ink = scaled(cov, rng.uniform(0.45, 0.75) * min(h, w))
-        top = (h - ink.shape[0]) // 2 + int(rng.integers(-h // 12, h // 12 + 1))
-        left = (w - ink.shape[1]) // 2 + int(rng.integers(-w // 12, w // 12 + 1))
-        paste(canvas, ink, top, left, rng.uniform(0, 60))
-        truth = str(label)
+    truth = _cell_digit(shapes, rng, canvas, (0.45, 0.75), 12) if with_digit else ""
     if n_sides == 4:
         sides = ["top", "bottom", "left", "right"]
     elif rng.random() < 0.75:
@@ -680,14 +685,7 @@ def _thick_cell(shapes, rng, with_digit: bool = True):
     h = int(rng.integers(60, 200))
     w = int(h * rng.uniform(0.85, 1.15))
     canvas = np.full((h, w), rng.uniform(215, 255), np.float32)
-    truth = ""
-    if with_digit:
-        cov, label = shapes.any_digit(rng, 0.3)
-        ink = scaled(cov, rng.uniform(0.45, 0.65) * min(h, w))
-        top = (h - ink.shape[0]) // 2 + int(rng.integers(-h // 16, h // 16 + 1))
-        left = (w - ink.shape[1]) // 2 + int(rng.integers(-w // 16, w // 16 + 1))
-        paste(canvas, ink, top, left, rng.uniform(0, 60))
-        truth = str(label)
+    truth = _cell_digit(shapes, rng, canvas, (0.45, 0.65), 16) if with_digit else ""
     sides = ["top", "bottom", "left", "right"]
     if rng.random() < 0.3:
         sides.remove(str(rng.choice(sides)))
