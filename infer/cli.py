@@ -128,6 +128,8 @@ def main(paths, files_from, model, provider, output, force, resume, fmt, top_k, 
         raise click.UsageError("--resume continues an output, --force replaces it: choose one")
     if resume and not output:
         raise click.UsageError("--resume needs --output FILE (the run to continue)")
+    if report_dir is not None and not report_dir.strip():
+        raise click.BadParameter("give a folder for the report", param_hint="--report")
     report_made = _check_report_dir(report_dir) if report_dir is not None else []
     if engine == "ray":
         from infer.ray_engine import RayUnavailable, import_ray
@@ -267,6 +269,8 @@ class _Sink:
         self.source = None  # the file they were read from
         self.written = 0  # rows written by this run
         self.samples: list[dict] = []  # a few classified rows of the earlier run, to check it is the same job
+        self.row_check = None  # row -> why this run cannot continue it, or None (every kept row is asked)
+        self.problem: str | None = None
 
     def open(self, force: bool, resume: bool, on_row, check=None) -> set[str]:
         """Prepare the output; with resume, feed the rows already there to on_row and return their paths
@@ -312,8 +316,9 @@ class _Sink:
             try:
                 final.parent.mkdir(parents=True, exist_ok=True)
                 self.stream = open(partial, "wb")
-            except OSError as exc:
-                raise click.ClickException(f"cannot write {partial}: {exc.strerror or exc}") from None
+            except OSError as exc:  # before any image is read: a usage error, as a file in the way is
+                raise click.BadParameter(f"cannot write {partial}: {exc.strerror or exc}", param_hint="--output") \
+                    from None
         self.writer = RowWriter(self.stream, self.fmt, self.top_k, self.multi_digit, header=header)
         return done
 
@@ -323,6 +328,8 @@ class _Sink:
         done: set[str] = set()
 
         def take(row: dict) -> None:
+            if self.problem is None and self.row_check is not None:
+                self.problem = self.row_check(row)
             done.add(os.path.normpath(unescape_path(row["path"])))
             if len(self.samples) < RESUME_SAMPLES and row.get("error") is None and row.get("confidence"):
                 self.samples.append(row)
@@ -489,6 +496,29 @@ class _Run:
         self.where = f" on {classifier.provider}"
         return classifier
 
+    def _row_checker(self, label_of):
+        """A check of each kept row against this run's --min-confidence and labels: the rows a resumed
+        run keeps must be what it would write itself."""
+        from infer.contract import WARN_LOW_CONFIDENCE, WARNING_SEPARATOR
+        from infer.output import unescape_path
+
+        threshold = self.options.min_confidence
+
+        def check(row: dict) -> str | None:
+            if row.get("error") is None and row.get("confidence"):
+                confidence = float(row["confidence"])
+                flagged = WARN_LOW_CONFIDENCE in (row.get("warning") or "").split(WARNING_SEPARATOR)
+                if abs(confidence - threshold) > 1e-6 and flagged != (confidence < threshold):
+                    return (f"{row['path']} has confidence {confidence:.6f} {'with' if flagged else 'without'} "
+                            f"low-confidence: it was written with another --min-confidence than {threshold:g}")
+            label = label_of(unescape_path(row["path"]))
+            if label != row.get("label"):
+                return (f"{row['path']} is labelled {row.get('label') or 'nothing'} there and {label or 'nothing'} "
+                        "now: it was written with other labels (--labels)")
+            return None
+
+        return check
+
     def _check_resumed(self, sink: _Sink) -> None:
         """--resume adds rows to an earlier run's: refuse when that run used another model or options
         that change the rows (--preprocess, --min-confidence, --ink...). A few of its rows are read
@@ -500,6 +530,9 @@ class _Run:
         from infer.output import unescape_path
         from infer.pipeline import classify_batches
 
+        if sink.problem:
+            raise click.UsageError(f"--resume: {sink.source}: {sink.problem}; use the first run's options, or "
+                                   "--force to start over")
         paths = [unescape_path(row["path"]) for row in sink.samples]
         present = [p for p in paths if os.path.isfile(p)]
         if not present:
@@ -533,6 +566,7 @@ class _Run:
             raise click.BadParameter(str(exc), param_hint="--labels") from None
         tally = _Tally(LABELS, Evaluation(LABELS))
         sink = _Sink(output, fmt, options.top_k, options.multi_digit)
+        sink.row_check = self._row_checker(label_of)
         done = sink.open(force, resume, tally.add_row, check=self._check_resumed)
         if sink.kept:
             self.log(f"resuming: {sink.kept} rows already in {sink.source}")
@@ -559,7 +593,10 @@ class _Run:
                 batches = classify_batches(source, self._local_classifier, options, label_of=label_of,
                                            on_skip=on_skip, exclude=exclude)
             self._consume(batches, sink, tally, strict)
-            sink.commit()
+            if tally.n == 0:  # nothing found: no output file (it would only block the next run)
+                sink.abandon()
+            else:
+                sink.commit()
         except BaseException as exc:
             if batches is not None:
                 batches.close()  # stops the decode workers (or the Ray job) at once

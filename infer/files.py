@@ -83,6 +83,8 @@ def list_images(paths: Iterable[str | os.PathLike], recursive: bool = True,
     Anything named in `paths` that is not a folder is yielded as is, whatever its extension, and even
     if it does not exist: the decoder says what is wrong with it, as an error row.
     """
+    if isinstance(paths, (str, bytes, os.PathLike)):  # one path, not its characters
+        paths = [paths]
     seen_dirs: set[tuple[int, int]] = set()
     skip = on_skip or (lambda item: None)
     linked: list[str] = []  # folders reached through a symlink, walked after the real ones
@@ -131,11 +133,14 @@ def list_images(paths: Iterable[str | os.PathLike], recursive: bool = True,
                     else:
                         yield from walk(entry.path)
             elif entry.is_symlink():
-                skip(Listed(entry.path, "broken symbolic link"))
+                if is_image_name(name):  # an image's name: its row says the file is gone
+                    files.append(entry.path)
+                else:
+                    skip(Listed(entry.path, "broken symbolic link"))
         yield from files
 
     for path in paths:
-        path = os.fspath(path)
+        path = os.fsdecode(os.fspath(path))  # bytes, as the OS gives names, too
         if os.path.isdir(path):
             yield from walk(path)
             while linked:  # each may link to more; those not already walked under their real path
@@ -184,6 +189,8 @@ def read_path_list(stream: BinaryIO) -> Iterator[str]:
         for item in items:
             if sep == b"\n" and item.endswith(b"\r"):
                 item = item[:-1]
+            elif sep == b"\0" and not chunk and item == b"\n" and item is items[-1]:
+                continue  # `printf 'a\0b\0\n'`: the list's own last line end, not a path
             if item:
                 yield os.fsdecode(item)
         if not chunk:

@@ -216,3 +216,58 @@ def test_huge_tiff_gives_no_pillow_warning(tmp_path):
                             capture_output=True, text=True)
     assert "DecompressionBomb" not in result.stderr and "Warning" not in result.stderr
     assert result.stdout.count("\n") == 2
+
+
+# --- a second new user's pass -------------------------------------------------------------------------
+
+
+def test_resume_refuses_another_threshold_or_other_labels_on_any_kept_row(tmp_path):
+    folder = tmp_path / "s"
+    shutil.copytree(SAMPLES, folder)
+    out = tmp_path / "rows.csv"
+    assert run([folder, "-o", out, "-q"]).exit_code == 0  # two samples are read below 0.7: low-confidence
+    before = out.read_bytes()
+    err = one_line_error(run([folder, "-o", out, "--resume", "--min-confidence", "0.5"]))
+    assert "another --min-confidence" in err
+    labels = tmp_path / "labels.csv"
+    labels.write_text("".join(f"{p},3\n" for p in sorted(str(q) for q in folder.rglob("*.png"))))
+    err = one_line_error(run([folder, "-o", out, "--resume", "--labels", labels]))
+    assert "other labels" in err and out.read_bytes() == before
+    assert run([folder, "-o", out, "--resume"]).exit_code == 0
+
+
+def test_a_run_that_finds_no_images_leaves_no_output_file(tmp_path):
+    (tmp_path / "empty").mkdir()
+    result = run([tmp_path / "empty", "-o", tmp_path / "rows.csv"])
+    assert result.exit_code == 1 and "no images found" in result.stderr
+    assert not (tmp_path / "rows.csv").exists() and not (tmp_path / "rows.csv.partial").exists()
+    assert run([SAMPLES / "7", "-o", tmp_path / "rows.csv", "-q"]).exit_code == 0  # nothing in the way
+
+
+def test_classify_paths_takes_one_path_as_a_string_or_bytes():
+    from infer import Classifier
+
+    clf = Classifier(provider="cpu")
+    assert len(list(classify_paths(str(SAMPLES / "2"), clf, workers=0))) == 5
+    assert len(list(classify_paths([os.fsencode(SAMPLES / "1")], clf, workers=0))) == 4
+
+
+def test_a_broken_link_with_an_image_name_in_a_folder_is_an_error_row(tmp_path):
+    shutil.copy(SAMPLES / "7" / "mnist-test-00000.png", tmp_path / "a.png")
+    (tmp_path / "b.png").symlink_to("nothere.png")
+    result = run([tmp_path, "-q"])
+    got = {Path(r["path"]).name: r for r in rows(result.stdout)}
+    assert result.exit_code == 1 and got["a.png"]["prediction"] == "7" and got["b.png"]["error"]
+
+
+def test_an_output_that_cannot_be_opened_and_an_empty_report_are_usage_errors(tmp_path):
+    if os.path.isdir("/proc/self"):
+        one_line_error(run([SAMPLES / "7", "-o", "/proc/no-such.csv"]))
+    one_line_error(run([SAMPLES / "7", "--report", ""]))
+
+
+def test_a_nul_list_ending_in_a_newline(tmp_path):
+    listing = tmp_path / "list"
+    listing.write_bytes(os.fsencode(SAMPLES / "7" / "mnist-test-00000.png") + b"\0\n")
+    result = run(["--files-from", listing, "-q"])
+    assert result.exit_code == 0 and len(rows(result.stdout)) == 1
