@@ -425,6 +425,8 @@ TOUCHING_WIDTH = 1.15  # a mark this many times wider than tall may be two digit
 TOUCHING_JOINT = 0.3  # ... where its ink thins to this share of its thickest column ...
 TOUCHING_STROKES = 1.5  # ... and to about one stroke (this many stroke widths at most)
 UNDERLINE_BEYOND = 0.25  # an underline reaches this share of its length beyond the digit above it
+FRAMED_AREA = 0.3  # paper inside a heavy frame is at least this share of the image ...
+FRAMED_SOLIDITY = 0.6  # ... and this solid (its area over its convex hull's, the digit cut out of it)
 PAGE_AREA = 0.4  # a sheet on a table covers at least this share of the photo ...
 PAGE_BEYOND = 0.03  # ... and leaves at least this share of table showing ...
 PAGE_CONTRAST = 40  # ... which is this many grey levels darker than the sheet ...
@@ -587,6 +589,26 @@ def ink_is_dark(grey: np.ndarray) -> bool:
     k = max(1, m // 2000)  # the k-th most extreme pixel: a few hot pixels do not decide
     lo, med, hi = _ranked(flat, (k - 1, m // 2, m - k))
     return med - lo >= hi - med
+
+
+def framed_paper(grey: np.ndarray) -> bool:
+    """Whether an image `ink_is_dark` read as light ink on dark paper is light paper inside a heavy dark
+    frame (a Sudoku cell cut with its thick lines: the frame outweighs the paper, and the bulk of the
+    pixels is dark). The light part (Otsu's threshold) is then one solid region clear of the image's
+    edges, at least FRAMED_AREA of the image and filling FRAMED_SOLIDITY of its convex hull but for the
+    digit in it; a light digit on dark paper is strokes, far from solid, and never that large.
+    Kind: `grid-cell-thick`."""
+    _, light = cv2.threshold(grey, 0, 255, cv2.THRESH_BINARY | cv2.THRESH_OTSU)
+    n, labels, stats = _components(light)
+    if n < 2:
+        return False
+    i = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
+    x, y, w, h, area = (int(v) for v in stats[i])
+    if area < FRAMED_AREA * grey.size or x == 0 or y == 0 or x + w == grey.shape[1] or y + h == grey.shape[0]:
+        return False
+    contours, _ = cv2.findContours(cv2.compare(labels, i, cv2.CMP_EQ), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    hull = cv2.contourArea(cv2.convexHull(max(contours, key=cv2.contourArea)))
+    return hull > 0 and area >= FRAMED_SOLIDITY * hull
 
 
 def _ranked(values: np.ndarray, ranks) -> list[int]:
@@ -1543,8 +1565,10 @@ def _prepare_steps(grey: np.ndarray, multi_digit: bool, lap, *, source: _Source 
     work = to_working_size(grey)
     lap("to_working_size")
     dark_ink = ink_is_dark(work)
+    framed = not dark_ink and framed_paper(work)  # light paper in a frame that outweighs it
+    dark_ink |= framed
     lap("ink_is_dark")
-    even = _even_paper(cv2.bitwise_not(work) if dark_ink else work)
+    even = None if framed else _even_paper(cv2.bitwise_not(work) if dark_ink else work)
     ink, noise = subtract_paper(work, dark_ink, even)
     table_removed = False
     # Evenly lit paper all along the image's edges is no photo of a sheet on a table.

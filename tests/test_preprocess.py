@@ -788,3 +788,33 @@ def test_a_blank_large_page_with_dust_noise_or_lines_has_no_digit():
     for page in pages:
         with pytest.raises(ImageError, match="no digit found"):
             prepare(np.clip(page + rng.normal(0, 2, (h, w)).astype(np.float32), 0, 255).astype(np.uint8))
+
+
+# --- a frame that outweighs the paper -------------------------------------------------------------------
+
+
+def test_a_cell_whose_heavy_frame_outweighs_its_paper_keeps_its_polarity(shapes, shipped):
+    """Cell lines 12-14% of the cell on all four sides: more than half the pixels are the dark frame, so
+    the bulk of the pixels says "light ink on dark paper". `framed_paper` sees the solid light paper
+    inside and keeps dark ink (the tester's 12% cells: 32.5% read right before, 92.5% after)."""
+    from infer.preprocess import framed_paper
+
+    rng = np.random.default_rng(3)
+    right = 0
+    for _ in range(20):
+        cov, label = shapes.any_digit(rng, 0.0)
+        side = int(rng.integers(70, 160))
+        canvas = np.full((side, side), rng.uniform(215, 250), np.float32)
+        paste(canvas, scaled(cov, 0.45 * side), int(0.27 * side), int(0.35 * side), rng.uniform(0, 50))
+        t = int(rng.uniform(0.12, 0.14) * side)
+        frame = rng.uniform(0, 40)
+        canvas[:t], canvas[-t:], canvas[:, :t], canvas[:, -t:] = frame, frame, frame, frame
+        grey = np.clip(canvas + rng.normal(0, 2, canvas.shape), 0, 255).astype(np.uint8)
+        assert ink_is_dark(grey) or framed_paper(grey)  # the bulk alone says dark ink when the frame is under half
+        right += int(read(shipped, prepare(grey).digits)[0]) == label
+    assert right >= 17, right
+    # light digits on dark paper are strokes, never solid paper: still read as inverted
+    for i in range(10):
+        white = np.zeros((120, 120), np.float32)
+        paste(white, scaled(tight(shapes.mnist(rng)[0] / 255.0), 100), 10, 30, 255.0)
+        assert not framed_paper(white.astype(np.uint8))
