@@ -268,9 +268,6 @@ class _Sink:
         self.kept = 0  # rows of an earlier run, resumed
         self.source = None  # the file they were read from
         self.written = 0  # rows written by this run
-        self.samples: list[dict] = []  # a few classified rows of the earlier run, to check it is the same job
-        self.row_check = None  # row -> why this run cannot continue it, or None (every kept row is asked)
-        self.problem: str | None = None
 
     def open(self, force: bool, resume: bool, on_row, check=None) -> set[str]:
         """Prepare the output; with resume, feed the rows already there to on_row and return their paths
@@ -328,11 +325,7 @@ class _Sink:
         done: set[str] = set()
 
         def take(row: dict) -> None:
-            if self.problem is None and self.row_check is not None:
-                self.problem = self.row_check(row)
             done.add(os.path.normpath(unescape_path(row["path"])))
-            if len(self.samples) < RESUME_SAMPLES and row.get("error") is None and row.get("confidence"):
-                self.samples.append(row)
             on_row(row)
 
         try:
@@ -384,6 +377,23 @@ class _Sink:
             return None
         noun = "row" if rows == 1 else "rows"
         return f"{rows} {noun} kept in {self.partial}; the same command with --resume continues from there"
+
+
+class _KeptRows:
+    """What an earlier run's rows say, read back by --resume: the first row this run would not have
+    written so (`row_check`), and a few classified rows to read again; each row then goes on to `on_row`."""
+
+    def __init__(self, on_row, row_check):
+        self.on_row, self.row_check = on_row, row_check
+        self.problem: str | None = None
+        self.samples: list[dict] = []
+
+    def add(self, row: dict) -> None:
+        if self.problem is None:
+            self.problem = self.row_check(row)
+        if len(self.samples) < RESUME_SAMPLES and row.get("error") is None and row.get("confidence"):
+            self.samples.append(row)
+        self.on_row(row)
 
 
 class _Tally:
@@ -519,7 +529,7 @@ class _Run:
 
         return check
 
-    def _check_resumed(self, sink: _Sink) -> None:
+    def _check_resumed(self, sink: _Sink, kept: _KeptRows) -> None:
         """--resume adds rows to an earlier run's: refuse when that run used another model or options
         that change the rows (--preprocess, --min-confidence, --ink...). A few of its rows are read
         again, here, on the CPU, and must come out the same (the prediction, the warnings, and the
@@ -530,17 +540,17 @@ class _Run:
         from infer.output import unescape_path
         from infer.pipeline import classify_batches
 
-        if sink.problem:
-            raise click.UsageError(f"--resume: {sink.source}: {sink.problem}; use the first run's options, or "
+        if kept.problem:
+            raise click.UsageError(f"--resume: {sink.source}: {kept.problem}; use the first run's options, or "
                                    "--force to start over")
-        paths = [unescape_path(row["path"]) for row in sink.samples]
+        paths = [unescape_path(row["path"]) for row in kept.samples]
         present = [p for p in paths if os.path.isfile(p)]
         if not present:
             return
         options = dataclasses.replace(self.options, top_k=1, workers=0, keep_pixels=False)
         now = {p.path: p for batch in classify_batches(present, self.make_classifier("cpu"), options, label_of=None)
                for p in batch.predictions(options.multi_digit)}
-        for row, path in zip(sink.samples, paths):
+        for row, path in zip(kept.samples, paths):
             p = now.get(path)
             if p is None or p.error:
                 continue
@@ -566,8 +576,8 @@ class _Run:
             raise click.BadParameter(str(exc), param_hint="--labels") from None
         tally = _Tally(LABELS, Evaluation(LABELS))
         sink = _Sink(output, fmt, options.top_k, options.multi_digit)
-        sink.row_check = self._row_checker(label_of)
-        done = sink.open(force, resume, tally.add_row, check=self._check_resumed)
+        kept = _KeptRows(tally.add_row, self._row_checker(label_of))
+        done = sink.open(force, resume, kept.add, check=lambda sink: self._check_resumed(sink, kept))
         if sink.kept:
             self.log(f"resuming: {sink.kept} rows already in {sink.source}")
         skipped: dict[str, int] = {}

@@ -598,17 +598,31 @@ def framed_paper(grey: np.ndarray) -> bool:
     edges, at least FRAMED_AREA of the image and filling FRAMED_SOLIDITY of its convex hull but for the
     digit in it; a light digit on dark paper is strokes, far from solid, and never that large.
     Kind: `grid-cell-thick`."""
-    _, light = cv2.threshold(grey, 0, 255, cv2.THRESH_BINARY | cv2.THRESH_OTSU)
-    n, labels, stats = _components(light)
-    if n < 2:
+    found = _largest_bright_region(grey)
+    if found is None:
         return False
-    i = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
-    x, y, w, h, area = (int(v) for v in stats[i])
+    _, region, (x, y, w, h, area) = found
     if area < FRAMED_AREA * grey.size or x == 0 or y == 0 or x + w == grey.shape[1] or y + h == grey.shape[0]:
         return False
-    contours, _ = cv2.findContours(cv2.compare(labels, i, cv2.CMP_EQ), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
-    hull = cv2.contourArea(cv2.convexHull(max(contours, key=cv2.contourArea)))
+    hull = cv2.contourArea(_outer_hull(region))
     return hull > 0 and area >= FRAMED_SOLIDITY * hull
+
+
+def _largest_bright_region(grey: np.ndarray) -> tuple[np.ndarray, np.ndarray, tuple[int, ...]] | None:
+    """uint8 [H,W] -> (Otsu's bright mask, its largest 8-connected region as a mask, that region's
+    x, y, w, h, area), or None when nothing is bright: the paper of `framed_paper` and `beyond_the_page`."""
+    _, bright = cv2.threshold(grey, 0, 255, cv2.THRESH_BINARY | cv2.THRESH_OTSU)
+    n, labels, stats = _components(bright)
+    if n < 2:
+        return None
+    i = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
+    return bright, cv2.compare(labels, i, cv2.CMP_EQ), tuple(int(v) for v in stats[i])
+
+
+def _outer_hull(region: np.ndarray) -> np.ndarray:
+    """The convex hull (OpenCV points) of a mask's largest outer contour: its holes (a digit) filled."""
+    contours, _ = cv2.findContours(region, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    return cv2.convexHull(max(contours, key=cv2.contourArea))
 
 
 def _ranked(values: np.ndarray, ranks) -> list[int]:
@@ -752,17 +766,13 @@ def beyond_the_page(grey: np.ndarray) -> np.ndarray | None:
     darker by PAGE_CONTRAST grey levels, with a step at the sheet's edge. A shadow's soft, curved edge
     and light falling off across a page are no such outline. Kinds: `page-on-table`, `blank-on-table`,
     `dark-corner`."""
-    _, bright = cv2.threshold(grey, 0, 255, cv2.THRESH_BINARY | cv2.THRESH_OTSU)
-    n, labels, stats = _components(bright)
-    if n < 2:
+    found = _largest_bright_region(grey)
+    if found is None:
         return None
-    i = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
-    area = int(stats[i, cv2.CC_STAT_AREA])
+    bright, page, (*_, area) = found
     if area < PAGE_AREA * grey.size or area < 0.9 * cv2.countNonZero(bright):
         return None
-    page = cv2.compare(labels, i, cv2.CMP_EQ)
-    contours, _ = cv2.findContours(page, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
-    hull = cv2.convexHull(max(contours, key=cv2.contourArea))
+    hull = _outer_hull(page)
     hull_area = cv2.contourArea(hull)
     outline = cv2.approxPolyDP(hull, 0.01 * cv2.arcLength(hull, True), True)
     # The sheet fills its outline but for the digit's holes; an outline of straight sides.
