@@ -226,7 +226,7 @@ def write_sheet(path: Path, kinds, shapes, clf, seed: int) -> None:
     from infer.preprocess import ImageError, prepare_file
 
     thumb, tile, cols = 96, 28 * 3, 3
-    cell_w, cell_h = thumb + 3 * tile + 24, thumb + 30
+    cell_w, cell_h = thumb + 3 * tile + 24, thumb + 36  # two text lines below the input, descenders included
     picks = []
     for kind in kinds:
         samples = list(make_samples(kind, shapes, 2, seed))

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import re
 import sys
 from pathlib import Path
 
@@ -102,16 +101,9 @@ def _check_named_data(data_dir, verifying: bool) -> None:
         raise click.UsageError(f"{how}: {exc}") from None
 
 
-# infer's ProviderError speaks mnist-infer's option ("use --provider cpu or auto to run on the CPU");
-# mnist-export's is --verify-provider, so its hint is rewritten, never passed on naming an option it lacks.
-_INFER_CPU_HINT = re.compile(r"use --provider [a-z]+(?: or [a-z]+)* to run on the CPU")
-_INFER_PROVIDER_FLAG = re.compile(r"(?<![\w-])--provider(?: (?:auto|cpu|cuda)(?: or (?:auto|cpu|cuda))*)?")
-
-
-def _provider_message(exc: Exception) -> str:
-    """A ProviderError's one line in mnist-export's terms."""
-    text = _INFER_CPU_HINT.sub("leave out --verify-provider cuda to verify on the CPU alone", str(exc))
-    return _INFER_PROVIDER_FLAG.sub("--verify-provider cpu", text)
+def _provider_message(exc) -> str:
+    """A ProviderError's one line in mnist-export's terms (its own option to verify on the CPU)."""
+    return exc.message("leave out --verify-provider cuda to verify on the CPU alone")
 
 
 def _report_bytes(payload: dict) -> bytes:

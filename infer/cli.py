@@ -488,7 +488,9 @@ class _Run:
                                     verbose=self.verbose, **self.classifier_kwargs)
         except LayoutConflict as exc:
             raise click.UsageError(str(exc)) from None
-        except (ModelError, ProviderError) as exc:
+        except ProviderError as exc:
+            raise click.ClickException(exc.message("use --provider cpu or auto to run on the CPU")) from None
+        except ModelError as exc:
             raise click.ClickException(str(exc)) from None
         except TypeError:
             if not self.classifier_kwargs:

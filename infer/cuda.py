@@ -157,14 +157,14 @@ def onnxruntime_reason(log_lines: list[str]) -> str:
 
 def explain_cuda_failure(log_lines: list[str]) -> tuple[str, str]:
     """(reason, hint) for a CUDA session that ended up on the CPU, most basic cause first: no CUDA
-    provider in the build, then no driver, then what ONNX Runtime itself logged."""
+    provider in the build, then no driver, then what ONNX Runtime itself logged. The hint says how to
+    get CUDA; how to run on the CPU instead is the caller's to say, in its own options (ProviderError)."""
     if not has_cuda_provider():
-        return no_cuda_provider_reason(), "use --provider cpu or auto to run on the CPU"
+        return no_cuda_provider_reason(), ""
     driver = find_driver()
     if driver.library is None:
         return (f"no NVIDIA driver: {driver.error}",
-                "CUDA needs an NVIDIA GPU and its driver (`mnist-infer --doctor` shows what was found); "
-                "use --provider cpu or auto to run on the CPU")
+                "CUDA needs an NVIDIA GPU and its driver (`mnist-infer --doctor` shows what was found)")
     reason = onnxruntime_reason(log_lines)
     preload = preload_cuda()
     if not preload.done:
@@ -172,5 +172,4 @@ def explain_cuda_failure(log_lines: list[str]) -> tuple[str, str]:
     elif preload.messages:
         reason += f" (preloading the CUDA libraries: {'; '.join(preload.messages)[:300]})"
     return (reason, "the CUDA and cuDNN libraries come with pip install 'mnist-toolkit[cuda]' "
-                    "(`mnist-infer --doctor` lists what was loaded from where); "
-                    "use --provider cpu or auto to run on the CPU")
+                    "(`mnist-infer --doctor` lists what was loaded from where)")

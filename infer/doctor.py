@@ -55,7 +55,7 @@ def doctor_report() -> str:
             make_session(model, name, threads=1)
             usable.append(name)
         except ProviderError as exc:
-            lines.append(f"provider {name}: NOT usable: {exc}")
+            lines.append(f"provider {name}: NOT usable: {exc.message('use --provider cpu or auto to run on the CPU')}")
         except Exception as exc:  # a broken default model should not hide the provider facts
             lines.append(f"provider {name}: could not test ({type(exc).__name__}: {exc})")
     lines.append(f"providers usable now: {', '.join(usable) or 'none'} (tested with {model})")

@@ -46,7 +46,16 @@ log = logging.getLogger("infer")
 
 
 class ProviderError(Exception):
-    """The execution provider that was asked for could not be had."""
+    """CUDA was asked for and could not be had: `reason` (the most basic cause) and `hint` (how to get
+    it). `message(fallback)` is the one line with the caller's own way to run on the CPU instead."""
+
+    def __init__(self, reason: str, hint: str = ""):
+        self.reason, self.hint = reason, hint
+        super().__init__(self.message("use --provider cpu or auto to run on the CPU"))  # mnist-infer's words
+
+    def message(self, fallback: str) -> str:
+        hint = "; ".join(filter(None, (self.hint, fallback)))
+        return f"CUDA was asked for but ONNX Runtime could not load it: {self.reason}." + (f" Hint: {hint}." if hint else "")
 
 
 class ModelError(Exception):
@@ -95,8 +104,7 @@ def make_session(model, provider: str = "auto", threads: int | None = None, verb
     if provider not in ("auto", *PROVIDERS):
         raise ValueError(f"unknown provider {provider!r}")
     if provider == "cuda" and not cuda.has_cuda_provider():
-        reason, hint = cuda.explain_cuda_failure([])
-        raise ProviderError(f"CUDA was asked for but ONNX Runtime could not load it: {reason}. Hint: {hint}.")
+        raise ProviderError(*cuda.explain_cuda_failure([]))
     options = ort.SessionOptions()
     options.log_severity_level = 0 if verbose else 3
     if threads:
@@ -117,8 +125,7 @@ def make_session(model, provider: str = "auto", threads: int | None = None, verb
         with _captured_stderr() as log_lines:
             session = ort.InferenceSession(source, options, providers=chosen)
     if provider == "cuda" and "CUDAExecutionProvider" not in session.get_providers():
-        reason, hint = cuda.explain_cuda_failure(log_lines)
-        raise ProviderError(f"CUDA was asked for but ONNX Runtime could not load it: {reason}. Hint: {hint}.")
+        raise ProviderError(*cuda.explain_cuda_failure(log_lines))
     return session
 
 
