@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 
 from infer.contract import TOOL_VERSION
-from trainer.clitext import EscapingCommand, say, shown
+from trainer.clitext import EscapingCommand, check_named_data, say, shown
 
 # trainer.model.ACTIVATIONS, spelled out so that --help does not import torch (a test keeps them equal).
 ACTIVATION_CHOICES = ("sigmoid", "relu", "tanh")
@@ -81,24 +81,6 @@ def _sniff(path: Path):
         return sniff(path)
     except OSError as exc:
         raise click.ClickException(f"{path}: cannot read: {exc.strerror or exc}") from None
-
-
-def _check_named_data(data_dir, verifying: bool) -> None:
-    """A folder the user named for the proof (--data-dir; $MNIST_DATA when verifying) that lacks MNIST is a
-    usage error before any work, as in mnist-train; only the user cache may lack it (then the proof runs
-    without the test set and says so)."""
-    from trainer.data import DataError, check_mnist_folder, named_data_dir
-
-    named = named_data_dir(data_dir)
-    if named is None or (named[1] != "--data-dir" and not verifying):
-        return
-    folder, how = named
-    try:
-        check_mnist_folder(folder)
-    except DataError as exc:
-        if how == "--data-dir":
-            raise click.BadParameter(str(exc), param_hint="'--data-dir'") from None
-        raise click.UsageError(f"{how}: {exc}") from None
 
 
 def _provider_message(exc) -> str:
@@ -186,7 +168,7 @@ def main(checkpoint, output, report, activation, input_scale, opset, atol, rtol,
         scale = InputScale.parse(input_scale) if input_scale is not None else None
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--input-scale") from None
-    _check_named_data(data_dir, verifying=not no_verify or check_path is not None)
+    check_named_data(data_dir, env=not no_verify or check_path is not None)  # $MNIST_DATA only for a proof
     options = ImportOptions(activation=activation, input_scale=scale)
     config = ExportConfig(opset=opset, verify=not no_verify, atol=atol, rtol=rtol, providers=tuple(dict.fromkeys(providers)),
                           data_dir=data_dir)

@@ -12,7 +12,7 @@ import click
 
 from infer.contract import TOOL_VERSION
 from infer.output import escape_path
-from trainer.clitext import EscapingCommand, say, shown
+from trainer.clitext import EscapingCommand, check_named_data, say, shown
 from trainer.outputs import OutputError, OutputPaths, claim_output_folder, release_output_folder
 from trainer.recipes import OPTIMIZERS, RECIPES, SCHEDULES
 
@@ -57,24 +57,6 @@ def _check_out(ctx, param, value: str) -> Path:
     if path.suffix.lower() not in (".pt", ".pth"):
         raise click.BadParameter(f"'{value}': a checkpoint file name ends in .pt (or .pth), e.g. runs/a/model.pt")
     return path
-
-
-def _check_named_data(data_dir: Path | None) -> None:
-    """A folder the user named (--data-dir, $MNIST_DATA) that lacks MNIST is a usage error before any work;
-    only the user cache is downloaded into."""
-    from trainer.data import ENV_VAR, DataError, cache_dir, check_mnist_folder, named_data_dir
-
-    named = named_data_dir(data_dir)
-    if named is None:
-        return
-    folder, how = named
-    try:
-        check_mnist_folder(folder)
-    except DataError as exc:
-        fix = f"to download MNIST into the user cache {cache_dir()}"
-        if how == "--data-dir":
-            raise click.BadParameter(f"{exc}; leave out --data-dir and ${ENV_VAR} {fix}", param_hint="'--data-dir'") from None
-        raise click.UsageError(f"{how}: {exc}; unset {how} {fix}") from None
 
 
 def _pick_device(device: str) -> str:
@@ -210,7 +192,10 @@ def main(recipe, epochs, lr, batch_size, optimizer, weight_decay, momentum, sche
             raise ValueError(f"--pca {chosen.pca} is more components than the {model_config.input_size} inputs")
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
-    _check_named_data(data_dir)
+    from trainer.data import ENV_VAR, cache_dir
+
+    check_named_data(data_dir, fix=f"leave out --data-dir and ${ENV_VAR} to download MNIST into the user cache "
+                                   f"{cache_dir()}")
     # The destination is checked (and its folder made) before any training, so no run is lost to it.
     try:
         created = claim_output_folder(out)

@@ -24,6 +24,24 @@ def say(message: str) -> None:
     click.echo(escape_path(message), err=True)
 
 
+def check_named_data(data_dir, *, env: bool = True, fix: str = "") -> None:
+    """A MNIST folder the user named (--data-dir; $MNIST_DATA too when `env`) that lacks MNIST is a
+    usage error before any work, in one line (`fix`: what to do instead, appended); only the user cache
+    may lack it. Used by mnist-train and mnist-export."""
+    from trainer.data import DataError, check_mnist_folder, named_data_dir
+
+    named = named_data_dir(data_dir)
+    if named is None or (named[1] != "--data-dir" and not env):
+        return
+    folder, how = named
+    try:
+        check_mnist_folder(folder)
+    except DataError as exc:
+        if how == "--data-dir":
+            raise click.BadParameter(f"{exc}{fix and '; ' + fix}", param_hint="'--data-dir'") from None
+        raise click.UsageError(f"{how}: {exc}{fix and '; ' + fix}") from None
+
+
 class EscapingCommand(click.Command):
     """A click.Command whose error messages (usage errors included) print paths escaped, as `say` does.
 
